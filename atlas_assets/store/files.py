@@ -1,0 +1,139 @@
+"""Atomic, versioned files: Arrow IPC resources and JSON documents.
+
+Every resource file is an uncompressed Arrow IPC file (memory-mappable) whose schema metadata
+records what it was derived from (``atlas:dataset_version``) and with which parameters. Writes go
+to a temporary file in the same folder and are published by ``os.replace``, so a crash leaves the
+previous version readable and a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+_META_PREFIX = "atlas:"
+
+
+class ResourceNotReadyError(FileNotFoundError):
+    """A map resource has not been materialized yet."""
+
+
+class StaleResourceError(RuntimeError):
+    """A map resource was derived from a different dataset version than the rest of the map."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write a JSON document atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock (flock) held for the body; serialises store writers."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_arrow(path: Path, table: pa.Table) -> None:
+    """Write ``table`` as an uncompressed Arrow IPC file, atomically."""
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=1 << 20)
+
+
+def read_arrow(path: Path) -> pa.Table:
+    """Read an Arrow IPC file memory-mapped: columns reference the file, nothing is copied."""
+    source = pa.memory_map(str(path), "r")
+    return pa.ipc.open_file(source).read_all()
+
+
+def write_resource(
+    path: Path,
+    table: pa.Table,
+    *,
+    resource: str,
+    dataset_version: str,
+    params: dict[str, Any] | None = None,
+) -> None:
+    """Write a map resource with its lineage (dataset version, parameters, time) in the schema."""
+    info = {
+        "resource": resource,
+        "dataset_version": dataset_version,
+        "params": json.dumps(params or {}, sort_keys=True, default=str),
+        "created": now_iso(),
+    }
+    meta = dict(table.schema.metadata or {})
+    meta.update({f"{_META_PREFIX}{k}".encode(): str(v).encode() for k, v in info.items()})
+    write_arrow(path, table.replace_schema_metadata(meta))
+
+
+def _info_from_schema(schema: pa.Schema) -> dict[str, Any]:
+    raw = schema.metadata or {}
+    info = {
+        k.decode()[len(_META_PREFIX) :]: v.decode()
+        for k, v in raw.items()
+        if k.decode().startswith(_META_PREFIX)
+    }
+    if "params" in info:
+        info["params"] = json.loads(info["params"])
+    return info
+
+
+def resource_info(path: Path) -> dict[str, Any] | None:
+    """The lineage recorded in a resource file (without reading its data), or None if absent."""
+    if not path.is_file():
+        return None
+    with pa.memory_map(str(path), "r") as source:
+        return _info_from_schema(pa.ipc.open_file(source).schema)
+
+
+def read_resource(path: Path, *, expected_version: str | None = None) -> pa.Table:
+    """Read a resource memory-mapped; refuse it if it was built from another dataset version."""
+    if not path.is_file():
+        raise ResourceNotReadyError(str(path))
+    table = read_arrow(path)
+    if expected_version is not None:
+        found = _info_from_schema(table.schema).get("dataset_version")
+        if found != expected_version:
+            raise StaleResourceError(
+                f"{path.stem!r} was built from dataset version {found}, "
+                f"but the dataset is at version {expected_version}"
+            )
+    return table

@@ -1,0 +1,160 @@
+"""Paths: the store root, dataset identifiers, partition keys and every resource file.
+
+Layout under ``$ATLAS_HOME``::
+
+    .dagster/                          default DAGSTER_HOME (runs, logs, lineage)
+    cache/embeddings/<model-key>/      append-only (text hash -> vector) shards
+    datasets/[<org>/]<slug>/
+        dataset.json                   identity, id field and index configuration
+        shards/000001-<hash>.arrow     immutable batches from add_data, in upload order
+        resources/<resource>.arrow     one file per materialized map resource
+        tags.sqlite                    the live tag store
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Every map resource, in lineage order; each is one Dagster asset and one Arrow file.
+RESOURCES = (
+    "dataset",
+    "latent",
+    "knn_graph",
+    "projected",
+    "topics",
+    "metadata",
+    "hierarchy",
+    "duplicates",
+    "tags",
+)
+
+_SLUG_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# A partition key joins namespace and slug with a character that no slug contains.
+_NAMESPACE_SEP = "."
+
+
+def _checkout_root() -> Path | None:
+    """The source checkout this package runs from, if it is one (editable install)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "atlas_assets").is_dir() else None
+
+
+def atlas_home() -> Path:
+    """The store root: ``$ATLAS_HOME``, else ``data/store`` in the checkout, else ``~/.atlas``."""
+    env = os.environ.get("ATLAS_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = _checkout_root()
+    return (checkout / "data" / "store") if checkout else Path.home() / ".atlas"
+
+
+def dagster_home() -> Path:
+    """The persistent Dagster instance folder: ``$DAGSTER_HOME``, else ``$ATLAS_HOME/.dagster``."""
+    env = os.environ.get("DAGSTER_HOME")
+    return Path(env).expanduser().resolve() if env else atlas_home() / ".dagster"
+
+
+def _slugify(part: str) -> str:
+    slug = re.sub(r"[\s_]", "-", part.strip().lower())
+    return slug
+
+
+def parse_identifier(identifier: str) -> tuple[str | None, str]:
+    """``"Org/My Dataset"`` -> ``("org", "my-dataset")``; anything that could escape is refused.
+
+    Lower-cases, turns spaces and ``_`` into ``-``; then every part must be ``[a-z0-9-]``.
+    A partition key (``org.my-dataset``) is accepted too.
+    """
+    if not isinstance(identifier, str) or not identifier.strip():
+        raise ValueError(f"dataset identifier must be a non-empty string, got {identifier!r}")
+    text = identifier.strip()
+    if "/" not in text and text.count(_NAMESPACE_SEP) == 1:
+        text = text.replace(_NAMESPACE_SEP, "/")
+    parts = text.split("/")
+    if len(parts) > 2:
+        raise ValueError(
+            f"invalid dataset identifier {identifier!r}: use 'name' or 'org/name' "
+            "(a '/' inside a part is not allowed)"
+        )
+    slugs = [_slugify(p) for p in parts]
+    for slug in slugs:
+        if not _SLUG_PART.match(slug):
+            raise ValueError(
+                f"invalid dataset identifier {identifier!r}: each part must be letters, digits, "
+                "spaces, '-' or '_' and start with a letter or digit"
+            )
+    return (slugs[0], slugs[1]) if len(slugs) == 2 else (None, slugs[0])
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Every path of one dataset. Build with :func:`dataset_paths`."""
+
+    root: Path
+    namespace: str | None
+    slug: str
+
+    @property
+    def identifier(self) -> str:
+        return f"{self.namespace}/{self.slug}" if self.namespace else self.slug
+
+    @property
+    def partition_key(self) -> str:
+        """The Dagster partition key: the slug, prefixed by ``<org>.`` in a namespace."""
+        return f"{self.namespace}{_NAMESPACE_SEP}{self.slug}" if self.namespace else self.slug
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def resources(self) -> Path:
+        return self.root / "resources"
+
+    @property
+    def tag_db(self) -> Path:
+        return self.root / "tags.sqlite"
+
+    def resource(self, name: str) -> Path:
+        """The Arrow file of one map resource."""
+        if name not in RESOURCES:
+            raise ValueError(f"unknown resource {name!r}; expected one of {RESOURCES}")
+        return self.resources / f"{name}.arrow"
+
+    def shard_files(self) -> list[Path]:
+        """Source shards in upload order (their names start with a sequence number)."""
+        return sorted(self.shards.glob("[0-9]*.arrow")) if self.shards.is_dir() else []
+
+
+def dataset_paths(identifier: str, home: Path | None = None) -> DatasetPaths:
+    """The paths of a dataset given its identifier or partition key."""
+    namespace, slug = parse_identifier(identifier)
+    base = (home or atlas_home()) / "datasets"
+    root = base / namespace / slug if namespace else base / slug
+    return DatasetPaths(root=root, namespace=namespace, slug=slug)
+
+
+def embedding_cache_dir(model_key: str, home: Path | None = None) -> Path:
+    """Where vectors of one model are cached by text hash."""
+    return (home or atlas_home()) / "cache" / "embeddings" / model_key
+
+
+def list_datasets(home: Path | None = None) -> list[DatasetPaths]:
+    """Every dataset in the store, sorted by identifier."""
+    base = (home or atlas_home()) / "datasets"
+    found = []
+    for meta in sorted(base.glob("*/dataset.json")) + sorted(base.glob("*/*/dataset.json")):
+        rel = meta.parent.relative_to(base).parts
+        found.append(dataset_paths("/".join(rel), home))
+    return sorted(found, key=lambda p: p.identifier)
