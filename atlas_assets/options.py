@@ -77,7 +77,9 @@ class NomicDuplicatesOptions(_Options):
             value.split(":", 1)[0] in ("max", "min") and value.split(":", 1)[-1]
         ):
             return value
-        raise ValueError(f"keep must be 'first', 'longest', 'max:<field>' or 'min:<field>', got {value!r}")
+        raise ValueError(
+            f"keep must be 'first', 'longest', 'max:<field>' or 'min:<field>', got {value!r}"
+        )
 
 
 _O = TypeVar("_O", bound=_Options)
@@ -94,7 +96,9 @@ def coerce_options(kind: type[_O], value: Any, *, argument: str) -> _O | None:
     if isinstance(value, BaseModel):
         value = value.model_dump()
     if not isinstance(value, dict):
-        raise ValueError(f"{argument} must be True, False, a dict or {kind.__name__}, got {value!r}")
+        raise ValueError(
+            f"{argument} must be True, False, a dict or {kind.__name__}, got {value!r}"
+        )
     try:
         return kind(**value)
     except ValidationError as err:

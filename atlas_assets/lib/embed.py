@@ -47,8 +47,9 @@ def load_model(model: str = DEFAULT_MODEL):
 
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
-    """128-bit content hashes of texts, as an ``(N,)`` array of 16-byte strings."""
-    return np.array([hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts], "S16")
+    """128-bit content hashes of texts, as an ``(N,)`` array of 32-character hex strings."""
+    # Hex, not raw bytes: numpy's fixed-width bytes drop trailing NULs, which breaks lookups.
+    return np.array([hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts], "U32")
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ def _as_float32(vectors: np.ndarray) -> np.ndarray:
 
 
 def build_index(vectors: np.ndarray, *, exact_limit: int = EXACT_SEARCH_LIMIT):
-    """A faiss inner-product index over ``vectors``: exact below ``exact_limit`` rows, HNSW above."""
+    """A faiss inner-product index: exact up to ``exact_limit`` rows, HNSW above."""
     import faiss
 
     arr = _as_float32(vectors)

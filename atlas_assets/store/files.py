@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 _META_PREFIX = "atlas:"
@@ -73,9 +74,13 @@ def now_iso() -> str:
 
 def write_arrow(path: Path, table: pa.Table) -> None:
     """Write ``table`` as an uncompressed Arrow IPC file, atomically."""
-    with atomic_path(path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=1 << 20)
+    with (
+        atomic_path(path) as tmp,
+        pa.OSFile(str(tmp), "wb") as sink,
+        pa.ipc.new_file(sink, table.schema) as writer,
+    ):
+        # One record batch: columns then map to numpy without copies.
+        writer.write_table(table.combine_chunks())
 
 
 def read_arrow(path: Path) -> pa.Table:
@@ -137,3 +142,18 @@ def read_resource(path: Path, *, expected_version: str | None = None) -> pa.Tabl
                 f"but the dataset is at version {expected_version}"
             )
     return table
+
+
+def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """An ``(N, d)`` array as an Arrow fixed-size-list column (one list per row)."""
+    arr = np.ascontiguousarray(matrix)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+
+
+def matrix(column: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
+    """A fixed-size-list column as an ``(N, d)`` numpy view: zero-copy for a single chunk."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    width = column.type.list_size
+    values = column.values.slice(column.offset * width, len(column) * width)
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), width)

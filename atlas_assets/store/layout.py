@@ -39,7 +39,9 @@ _NAMESPACE_SEP = "."
 def _checkout_root() -> Path | None:
     """The source checkout this package runs from, if it is one (editable install)."""
     root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() and (root / "atlas_assets").is_dir() else None
+    return (
+        root if (root / "pyproject.toml").is_file() and (root / "atlas_assets").is_dir() else None
+    )
 
 
 def atlas_home() -> Path:

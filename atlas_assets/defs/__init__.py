@@ -1,0 +1,1 @@
+"""Dagster glue: partitions, resources, assets and checks; thin wrappers over lib/ and store/."""

@@ -1,0 +1,74 @@
+from time import perf_counter
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from atlas_assets.defs.assets.common import (
+    ASSET_DEFAULTS,
+    data_version,
+    dataset_version,
+    read_input,
+)
+from atlas_assets.defs.metadata import png_markdown, table_metadata
+from atlas_assets.defs.resources import AtlasStore
+from atlas_assets.lib.knn import KnnGraph
+from atlas_assets.lib.plot import map_png
+from atlas_assets.lib.project import project
+from atlas_assets.options import NomicProjectOptions
+from atlas_assets.store import write_resource
+from atlas_assets.store.datasets import map_config
+from atlas_assets.store.files import matrix
+
+
+def read_knn(table: pa.Table) -> KnnGraph:
+    """The kNN graph stored by the ``knn_graph`` asset."""
+    return KnnGraph(matrix(table.column("neighbors")), matrix(table.column("distances")))
+
+
+@dg.asset(
+    deps=["latent", "knn_graph"],
+    kinds={"python", "umap", "arrow"},
+    code_version="projected-v1",
+    **ASSET_DEFAULTS,
+)
+def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
+    """The 2-D map: UMAP of the latent vectors over the shared kNN graph, seeded.
+
+    Columns ``[id, x, y]`` (float32) in dataset order; the metadata carries a picture of the map.
+    """
+    start = perf_counter()
+    paths = store.paths(context.partition_key)
+    version = dataset_version(paths)
+    latent = read_input(paths, "latent", version)
+    knn = read_knn(read_input(paths, "knn_graph", version))
+    options = NomicProjectOptions(**(map_config(paths).get("projection") or {}))
+    context.log.info(f"projecting {latent.num_rows} points with UMAP ({options.model_dump()})")
+    coords = project(
+        matrix(latent.column("embedding")),
+        knn,
+        **options.model_dump(exclude={"model"}),
+    )
+    id_field = latent.column_names[0]
+    table = pa.table(
+        {
+            id_field: latent.column(id_field),
+            "x": pa.array(np.ascontiguousarray(coords[:, 0])),
+            "y": pa.array(np.ascontiguousarray(coords[:, 1])),
+        }
+    )
+    params = options.model_dump()
+    write_resource(
+        paths.resource("projected"),
+        table,
+        resource="projected",
+        dataset_version=version,
+        params=params,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(table, seconds=perf_counter() - start, params=params),
+            "map": png_markdown(map_png(coords, title=paths.identifier)),
+        },
+        data_version=data_version(version, params),
+    )

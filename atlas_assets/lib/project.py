@@ -1,0 +1,64 @@
+"""The 2-D projection: UMAP fed the shared kNN graph, seeded."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from atlas_assets.lib.knn import KnnGraph
+
+# umap-learn's spectral initialisation needs a handful of points; below this we use PCA.
+_MIN_UMAP_ROWS = 8
+
+
+def _pca_2d(latent: np.ndarray) -> np.ndarray:
+    centred = latent - latent.mean(axis=0, keepdims=True)
+    if centred.shape[0] < 2:
+        return np.zeros((centred.shape[0], 2), np.float32)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    out = np.zeros((centred.shape[0], 2), np.float32)
+    comps = centred @ vt[:2].T
+    out[:, : comps.shape[1]] = comps
+    return out
+
+
+def project(
+    latent: np.ndarray,
+    knn: KnnGraph,
+    *,
+    n_neighbors: int = 15,
+    n_epochs: int | None = None,
+    min_dist: float = 0.1,
+    spread: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """``(N, 2)`` float32 map coordinates of unit vectors ``latent``.
+
+    UMAP's own neighbour search is replaced by ``knn`` (the same graph duplicates and topics use),
+    which also skips pynndescent's JIT compile. Tiny inputs fall back to PCA.
+    """
+    n = latent.shape[0]
+    if n < _MIN_UMAP_ROWS:
+        return _pca_2d(latent)
+    k = min(n_neighbors, knn.k + 1, n - 1)
+    # umap-learn expects each row's own index first, at distance 0.
+    indices = np.hstack([np.arange(n)[:, None], knn.indices[:, : k - 1]])
+    distances = np.hstack([np.zeros((n, 1), np.float32), knn.distances[:, : k - 1]])
+    import umap  # heavy (numba JIT): imported only here
+
+    reducer = umap.UMAP(
+        n_neighbors=k,
+        n_components=2,
+        metric="cosine",
+        n_epochs=n_epochs,
+        min_dist=min_dist,
+        spread=spread,
+        random_state=seed,
+        precomputed_knn=(indices, distances, None),
+        verbose=False,
+    )
+    with warnings.catch_warnings():
+        # Expected here: seeding disables parallelism; a precomputed graph disables transform().
+        warnings.filterwarnings("ignore", message=".*(random_state|knn_search_index).*")
+        return reducer.fit_transform(latent).astype(np.float32)

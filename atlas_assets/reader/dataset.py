@@ -1,0 +1,285 @@
+"""``AtlasDataset``: a dataset in the local store, with the hosted client's methods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from atlas_assets.lib import validate
+from atlas_assets.options import (
+    NomicDuplicatesOptions,
+    NomicEmbedOptions,
+    NomicProjectOptions,
+    NomicTopicOptions,
+    coerce_options,
+)
+from atlas_assets.reader.map import AtlasMap
+from atlas_assets.store import dataset_paths
+from atlas_assets.store.datasets import (
+    create_meta,
+    load_meta,
+    read_shards,
+    shard_schema,
+    stored_embedding_dim,
+    update_meta,
+    write_shard,
+)
+from atlas_assets.store.files import locked, now_iso
+
+_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _short_id(n: int) -> str:
+    """Base-62 digits of ``n``: short, stable ids in upload order."""
+    digits = ""
+    while True:
+        n, r = divmod(n, 62)
+        digits = _ID_ALPHABET[r] + digits
+        if n == 0:
+            return digits
+
+
+class AtlasDataset:
+    """A dataset in the local store: opens it, or creates it if it does not exist.
+
+    ``identifier`` is normalised to a slug (``"My Data"`` -> ``my-data``); an ``org/`` prefix is
+    kept as a namespace folder. Without ``unique_id_field`` the dataset generates an ``id_``
+    column of stable, unique short ids.
+    """
+
+    def __init__(
+        self,
+        identifier: str,
+        description: str = "",
+        unique_id_field: str | None = None,
+        is_public: bool = True,
+    ) -> None:
+        self._paths = dataset_paths(identifier)
+        existing = load_meta(self._paths)
+        if existing and unique_id_field and existing["id_field"] != unique_id_field:
+            raise ValueError(
+                f"dataset {self._paths.identifier!r} already uses id field "
+                f"{existing['id_field']!r}, not {unique_id_field!r}"
+            )
+        self._meta = existing or create_meta(
+            self._paths,
+            description=description,
+            id_field=unique_id_field or validate.GENERATED_ID_FIELD,
+            is_public=is_public,
+        )
+
+    # -- identity -------------------------------------------------------------------------
+    def _refresh(self) -> dict[str, Any]:
+        self._meta = load_meta(self._paths) or self._meta
+        return self._meta
+
+    @property
+    def id(self) -> str:
+        return self._meta["id"]
+
+    @property
+    def identifier(self) -> str:
+        return self._paths.identifier
+
+    @property
+    def slug(self) -> str:
+        return self._paths.slug
+
+    @property
+    def name(self) -> str:
+        return self._paths.slug
+
+    @property
+    def description(self) -> str:
+        return self._meta.get("description", "")
+
+    @property
+    def id_field(self) -> str:
+        return self._meta["id_field"]
+
+    @property
+    def created_timestamp(self) -> str:
+        return self._meta["created_timestamp"]
+
+    @property
+    def is_public(self) -> bool:
+        return bool(self._meta.get("is_public", True))
+
+    @property
+    def total_datums(self) -> int:
+        """Rows uploaded so far (whether or not a map includes them yet)."""
+        table = read_shards(self._paths, [self.id_field])
+        return 0 if table is None else table.num_rows
+
+    @property
+    def dataset_fields(self) -> list[str]:
+        """The user columns, id field first."""
+        schema = shard_schema(self._paths)
+        return [] if schema is None else list(schema.names)
+
+    @property
+    def maps(self) -> list[AtlasMap]:
+        """One map per index, in creation order; ``[]`` before the first ``create_index``."""
+        return [AtlasMap(self, m) for m in self._refresh().get("maps", [])]
+
+    def get_map(self, name: str) -> AtlasMap:
+        """The map called ``name``."""
+        for atlas_map in self.maps:
+            if atlas_map.name == name:
+                return atlas_map
+        raise ValueError(f"dataset {self.identifier!r} has no map named {name!r}")
+
+    def __repr__(self) -> str:
+        return f"AtlasDataset({self.identifier!r}, total_datums={self.total_datums})"
+
+    # -- writing ---------------------------------------------------------------------------
+    def add_data(self, data: Any, embeddings: Any = None) -> None:
+        """Append a batch: a DataFrame, Arrow table or list of dicts, optionally with vectors.
+
+        The batch becomes one new immutable shard, written atomically. A batch that breaks any
+        rule (ids missing, null, empty or repeated; ``_`` columns; names equal ignoring case; a
+        schema unlike the stored one; NaN/inf or wrongly shaped embeddings) raises a
+        ``ValueError`` naming the column and rows, and nothing is written.
+        """
+        table = validate.to_table(data)
+        if table.num_rows == 0:
+            raise ValueError("data has no rows")
+        validate.check_column_names(table)
+        with locked(self._paths.lock):
+            meta = self._refresh()
+            id_field = meta["id_field"]
+            generated = id_field == validate.GENERATED_ID_FIELD
+            if generated:
+                if id_field in table.column_names:
+                    raise ValueError(
+                        f"column {id_field!r} is reserved for generated ids: open the dataset "
+                        f"with unique_id_field={id_field!r} to supply your own"
+                    )
+                start = int(meta.get("next_generated_id", 0))
+                ids = [_short_id(start + i) for i in range(table.num_rows)]
+                table = table.add_column(0, id_field, pa.array(ids, pa.string()))
+            table = validate.string_ids(table, id_field)
+            validate.check_schema(table.schema, shard_schema(self._paths))
+            stored = read_shards(self._paths, [id_field])
+            if stored is not None:
+                validate.check_new_ids(
+                    table.column(id_field), set(stored.column(id_field).to_pylist()), id_field
+                )
+            stored_dim = stored_embedding_dim(self._paths)
+            vectors = None
+            if embeddings is not None:
+                if stored is not None and stored_dim is None:
+                    raise ValueError(
+                        "this dataset's earlier batches had no embeddings; add this one without"
+                    )
+                vectors = validate.check_embeddings(embeddings, table.num_rows, stored_dim)
+            elif stored_dim is not None:
+                raise ValueError(
+                    "this dataset was created with embeddings: pass embeddings= for every batch"
+                )
+            write_shard(self._paths, table, vectors)
+            if generated:
+                update_meta(self._paths, next_generated_id=start + table.num_rows)
+
+    def create_index(
+        self,
+        name: str | None = None,
+        indexed_field: str | None = None,
+        topic_model: Any = True,
+        duplicate_detection: Any = True,
+        embedding_model: Any = None,
+        projection: Any = None,
+        reuse_embeddings_from_index: str | None = None,
+    ) -> AtlasMap:
+        """Record the index configuration and build the map through Dagster; return the map.
+
+        Calling it again with the same ``name`` (or none) rebuilds that map in place, keeping
+        its tags. The run is recorded in the Dagster instance (``$DAGSTER_HOME``), so it shows
+        in the Dagster UI with logs and lineage.
+        """
+        schema = shard_schema(self._paths)
+        if schema is None:
+            raise ValueError(f"dataset {self.identifier!r} has no data: call add_data first")
+        has_vectors = stored_embedding_dim(self._paths) is not None
+        current_maps = self._refresh().get("maps", [])
+        if indexed_field is None and current_maps:  # a rebuild keeps the indexed field
+            indexed_field = current_maps[0]["indexed_field"]
+        if indexed_field is None and not has_vectors:
+            raise ValueError("indexed_field is required: the text column to embed")
+        if indexed_field is not None:
+            if indexed_field not in schema.names:
+                raise ValueError(
+                    f"indexed_field {indexed_field!r} is not a column; columns are {schema.names}"
+                )
+            if not (
+                pa.types.is_string(schema.field(indexed_field).type)
+                or pa.types.is_large_string(schema.field(indexed_field).type)
+            ):
+                raise ValueError(
+                    f"indexed_field {indexed_field!r} must be a text column, "
+                    f"got {schema.field(indexed_field).type}"
+                )
+        if isinstance(embedding_model, str):
+            embedding_model = {"model": embedding_model}
+        embed_opts = coerce_options(
+            NomicEmbedOptions, embedding_model or True, argument="embedding_model"
+        )
+        config = {
+            "indexed_field": indexed_field,
+            "embedding": embed_opts.model_dump(),
+            "projection": coerce_options(
+                NomicProjectOptions, projection or True, argument="projection"
+            ).model_dump(),
+            "topic_model": _dump(
+                coerce_options(NomicTopicOptions, topic_model, argument="topic_model")
+            ),
+            "duplicate_detection": _dump(
+                coerce_options(
+                    NomicDuplicatesOptions, duplicate_detection, argument="duplicate_detection"
+                )
+            ),
+            "reuse_embeddings_from_index": reuse_embeddings_from_index,
+        }
+        with locked(self._paths.lock):
+            maps = self._refresh().get("maps", [])
+            current = maps[0] if maps else None
+            map_name = name or (current["name"] if current else self.slug)
+            if current and current["name"] != map_name:
+                raise ValueError(
+                    f"dataset {self.identifier!r} already has map {current['name']!r}; one map per "
+                    "dataset is supported: call create_index with that name (or none) to rebuild it"
+                )
+            entry = {
+                "name": map_name,
+                "id": current["id"] if current else f"{self.id}-map",
+                "created_timestamp": current["created_timestamp"] if current else now_iso(),
+                "updated_timestamp": now_iso(),
+                **config,
+            }
+            update_meta(self._paths, maps=[entry])
+        from atlas_assets.reader.run import materialize_map
+
+        materialize_map(self._paths)
+        return self.get_map(map_name)
+
+    # -- reading ---------------------------------------------------------------------------
+    def get_data(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Rows for ``ids``, in their order; unknown ids raise a ``KeyError`` listing them."""
+        table = read_shards(self._paths)
+        if table is None:
+            raise KeyError(
+                f"dataset {self.identifier!r} has no data; unknown ids: {list(ids)[:10]}"
+            )
+        keys = [str(i) for i in ids]
+        position = {v: i for i, v in enumerate(table.column(self.id_field).to_pylist())}
+        missing = [k for k in keys if k not in position]
+        if missing:
+            raise KeyError(f"{len(missing)} unknown ids: {missing[:10]}")
+        columns = [c for c in table.column_names if not c.startswith("_")]
+        rows = table.select(columns).take(pa.array([position[k] for k in keys], pa.int64()))
+        return rows.to_pylist()
+
+
+def _dump(options: Any) -> dict[str, Any] | None:
+    return None if options is None else options.model_dump()

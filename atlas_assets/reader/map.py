@@ -1,0 +1,173 @@
+"""``AtlasMap`` and its resource accessors, over the files the Dagster assets wrote.
+
+Reading never imports Dagster, umap or torch. Every resource is checked against the version of
+the materialized ``dataset``, so a map never mixes resources built from different data.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from atlas_assets.store import ResourceNotReadyError, read_resource, resource_info
+from atlas_assets.store.files import matrix
+
+if TYPE_CHECKING:
+    from atlas_assets.reader.dataset import AtlasDataset
+
+
+class AtlasMap:
+    """One map (index) of a dataset: ``data``, ``embeddings`` and the other map resources."""
+
+    def __init__(self, dataset: AtlasDataset, config: dict[str, Any]) -> None:
+        self.dataset = dataset
+        self.config = config
+        self._paths = dataset._paths
+
+    @property
+    def name(self) -> str:
+        return self.config["name"]
+
+    @property
+    def id(self) -> str:
+        return self.config["id"]
+
+    def __repr__(self) -> str:
+        return f"AtlasMap({self.dataset.identifier!r}, name={self.name!r})"
+
+    @cached_property
+    def version(self) -> str:
+        """The dataset version this map serves (that of its materialized ``dataset`` resource)."""
+        info = resource_info(self._paths.resource("dataset"))
+        if info is None:
+            raise self.not_ready("dataset")
+        return info["dataset_version"]
+
+    def not_ready(self, resource: str) -> ResourceNotReadyError:
+        ident = self.dataset.identifier
+        return ResourceNotReadyError(
+            f"map resource {resource!r} of dataset {ident!r} is not materialized: run "
+            f"`atlas index {ident}` (or materialize the {resource!r} asset of partition "
+            f"{self._paths.partition_key!r} in the Dagster UI)"
+        )
+
+    def read(self, resource: str) -> pa.Table:
+        """A resource table, memory-mapped, at this map's dataset version."""
+        path = self._paths.resource(resource)
+        if not path.is_file():
+            raise self.not_ready(resource)
+        return read_resource(path, expected_version=self.version)
+
+    @cached_property
+    def data(self) -> AtlasMapData:
+        return AtlasMapData(self)
+
+    @cached_property
+    def embeddings(self) -> AtlasMapEmbeddings:
+        return AtlasMapEmbeddings(self)
+
+
+class AtlasMapData:
+    """The uploaded columns of every datum on the map (no internal ``_`` columns)."""
+
+    def __init__(self, atlas_map: AtlasMap) -> None:
+        self._map = atlas_map
+
+    @cached_property
+    def tb(self) -> pa.Table:
+        """Arrow table, memory-mapped from the store: the cheapest way to read the data."""
+        return self._map.read("dataset")
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The data as a pandas DataFrame (materializes it in memory)."""
+        return self.tb.to_pandas()
+
+    def __repr__(self) -> str:
+        return f"AtlasMapData({self.tb.num_rows} rows, columns={self.tb.column_names})"
+
+
+class AtlasMapEmbeddings:
+    """Latent (high-dimensional) and projected (2-D) embeddings of the datums."""
+
+    def __init__(self, atlas_map: AtlasMap) -> None:
+        self._map = atlas_map
+
+    @cached_property
+    def _latent_table(self) -> pa.Table:
+        return self._map.read("latent")
+
+    @cached_property
+    def latent(self) -> np.ndarray:
+        """``(N, d)`` float32 unit vectors, memory-mapped (read-only) and shared across accesses."""
+        return matrix(self._latent_table.column("embedding"))
+
+    @cached_property
+    def tb(self) -> pa.Table:
+        """The projection ``[id, x, y]`` as a memory-mapped Arrow table."""
+        return self._map.read("projected")
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return self.tb.to_pandas()
+
+    @property
+    def projected(self) -> pd.DataFrame:
+        """The 2-D map positions as a DataFrame ``[id, x, y]`` (float32)."""
+        return self.df
+
+    @cached_property
+    def _ids(self) -> np.ndarray:
+        return np.asarray(self._latent_table.column(0).to_pylist(), dtype=object)
+
+    @cached_property
+    def _index(self):
+        from atlas_assets.lib.knn import build_index
+
+        return build_index(self.latent)
+
+    def vector_search(
+        self, queries: np.ndarray | None = None, ids: list[str] | None = None, k: int = 5
+    ) -> tuple[list[list[str]], list[list[float]]]:
+        """The ``k`` nearest datums to each query vector, or to each datum in ``ids``.
+
+        Returns ``(neighbor_ids, distances)``, one list per query, nearest first; distances are
+        cosine distances. A datum searched by id is not returned as its own neighbour.
+        """
+        from atlas_assets.lib.embed import normalize
+        from atlas_assets.lib.knn import search
+
+        if (queries is None) == (ids is None):
+            raise ValueError("pass exactly one of queries= or ids=")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        exclude: list[int | None]
+        if ids is not None:
+            position = {v: i for i, v in enumerate(self._ids)}
+            unknown = [i for i in ids if str(i) not in position]
+            if unknown:
+                raise KeyError(f"{len(unknown)} unknown ids: {unknown[:10]}")
+            rows = [position[str(i)] for i in ids]
+            vectors, exclude = self.latent[rows], rows
+        else:
+            vectors = np.asarray(queries, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != self.latent.shape[1]:
+                raise ValueError(
+                    f"queries must be a 2-D array with {self.latent.shape[1]} columns, "
+                    f"got shape {vectors.shape}"
+                )
+            vectors, exclude = normalize(vectors), [None] * len(vectors)
+        idx, dist = search(self._index, vectors, k + (ids is not None))
+        neighbor_ids, distances = [], []
+        for row, skip in enumerate(exclude):
+            keep = [j for j in range(idx.shape[1]) if idx[row, j] >= 0 and idx[row, j] != skip][:k]
+            neighbor_ids.append([str(self._ids[idx[row, j]]) for j in keep])
+            distances.append([float(dist[row, j]) for j in keep])
+        return neighbor_ids, distances
+
+    def __repr__(self) -> str:
+        return f"AtlasMapEmbeddings(latent={tuple(self.latent.shape)})"

@@ -1,0 +1,44 @@
+"""Materialize a dataset's map through Dagster, recorded in the persistent instance.
+
+The run is a real Dagster run of the ``build_map`` job: it appears in the UI (``dg dev``) with
+its logs, metadata and lineage, exactly like a run launched there.
+"""
+
+from __future__ import annotations
+
+import os
+
+from atlas_assets.store import DatasetPaths, dagster_home
+
+
+def materialize_map(paths: DatasetPaths) -> str:
+    """Build every map resource of ``paths``'s partition; returns the Dagster run id."""
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()  # an instance with default (SQLite) storage, said explicitly
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg  # imported here: reading a map never needs Dagster
+
+    from atlas_assets.definitions import defs
+    from atlas_assets.defs.partitions import atlas_datasets
+
+    with dg.DagsterInstance.get() as instance:
+        key = paths.partition_key
+        if not instance.has_dynamic_partition(atlas_datasets.name, key):
+            instance.add_dynamic_partitions(atlas_datasets.name, [key])
+        job = defs().resolve_job_def("build_map")
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=key,
+            raise_on_error=False,
+            # Step progress at INFO; Dagster's DEBUG events stay in the run's log in the UI.
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
+        if not result.success:
+            failure = next((e for e in result.all_events if e.is_step_failure), None)
+            why = failure.step_failure_data.error.message.strip() if failure else "see the run"
+            raise RuntimeError(
+                f"building the map of {paths.identifier!r} failed (Dagster run {result.run_id}): "
+                f"{why}"
+            )
+        return result.run_id

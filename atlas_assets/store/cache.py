@@ -1,0 +1,52 @@
+"""The embedding cache: vectors keyed by (model, text hash), in append-only Arrow shards.
+
+Each run that embeds new texts adds one file, so concurrent runs never rewrite each other's work.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from atlas_assets.store.files import fixed_list, matrix, read_arrow, write_arrow
+
+
+class EmbeddingCache:
+    """Vectors of one model, looked up by text hashes (hex strings)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(found mask, vectors)`` for ``hashes`` (vectors None if nothing was found)."""
+        found = np.zeros(len(hashes), bool)
+        vectors: np.ndarray | None = None
+        for f in sorted(self.directory.glob("*.arrow")):
+            table = read_arrow(f)
+            # Hashes are unique within a file (add() receives unique ones).
+            position = pd.Index(table.column("hash").to_pylist()).get_indexer(hashes)
+            hit = (position >= 0) & ~found
+            if not hit.any():
+                continue
+            stored = matrix(table.column("vector"))
+            if vectors is None:
+                vectors = np.zeros((len(hashes), stored.shape[1]), np.float32)
+            vectors[hit] = stored[position[hit]]
+            found |= hit
+        return found, vectors
+
+    def add(self, hashes: np.ndarray, vectors: np.ndarray) -> None:
+        """Store vectors of new, unique hashes (one new file)."""
+        if len(hashes) == 0:
+            return
+        table = pa.table(
+            {
+                "hash": pa.array(hashes.tolist(), pa.string()),
+                "vector": fixed_list(np.asarray(vectors, np.float32)),
+            }
+        )
+        write_arrow(self.directory / f"{uuid.uuid4().hex}.arrow", table)
