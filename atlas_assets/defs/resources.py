@@ -17,7 +17,10 @@ class AtlasStore(dg.ConfigurableResource):
 
     def paths(self, partition_key: str) -> DatasetPaths:
         """The dataset paths of a partition; an invalid key is refused before any file access."""
-        return dataset_paths(partition_key, self.home())
+        try:
+            return dataset_paths(partition_key, self.home())
+        except ValueError as err:
+            raise dg.Failure(str(err)) from None
 
 
 @dg.definitions

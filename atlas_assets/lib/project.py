@@ -13,9 +13,9 @@ _MIN_UMAP_ROWS = 8
 
 
 def _pca_2d(latent: np.ndarray) -> np.ndarray:
+    if latent.shape[0] < 2:
+        return np.zeros((latent.shape[0], 2), np.float32)
     centred = latent - latent.mean(axis=0, keepdims=True)
-    if centred.shape[0] < 2:
-        return np.zeros((centred.shape[0], 2), np.float32)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     out = np.zeros((centred.shape[0], 2), np.float32)
     comps = centred @ vt[:2].T
@@ -25,7 +25,7 @@ def _pca_2d(latent: np.ndarray) -> np.ndarray:
 
 def project(
     latent: np.ndarray,
-    knn: KnnGraph,
+    knn: KnnGraph | None,
     *,
     n_neighbors: int = 15,
     n_epochs: int | None = None,

@@ -19,14 +19,27 @@ def _rows(rows: Iterable[int]) -> str:
     return f"{rows[:_SHOWN]}{more}"
 
 
+def _plain_types(table: pa.Table) -> pa.Table:
+    """Large and dictionary-encoded strings as plain ones, so equal data has equal schemas."""
+    fields = []
+    for field in table.schema:
+        kind = field.type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+            kind = pa.string()
+        fields.append(field.with_type(kind))
+    return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
+
+
 def to_table(data: Any) -> pa.Table:
     """A ``pd.DataFrame``, ``pa.Table`` or list of dicts as an Arrow table."""
     if isinstance(data, pa.Table):
-        return data
+        return _plain_types(data)
     if isinstance(data, pd.DataFrame):
-        return pa.Table.from_pandas(data, preserve_index=False)
+        return _plain_types(pa.Table.from_pandas(data, preserve_index=False))
     if isinstance(data, list) and all(isinstance(row, dict) for row in data):
-        return pa.Table.from_pylist(data)
+        return _plain_types(pa.Table.from_pylist(data))
     raise ValueError(
         "data must be a pandas DataFrame, a pyarrow Table or a list of dicts, "
         f"got {type(data).__name__}"

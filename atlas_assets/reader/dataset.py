@@ -17,6 +17,7 @@ from atlas_assets.options import (
 from atlas_assets.reader.map import AtlasMap
 from atlas_assets.store import dataset_paths
 from atlas_assets.store.datasets import (
+    count_rows,
     create_meta,
     load_meta,
     read_shards,
@@ -109,8 +110,7 @@ class AtlasDataset:
     @property
     def total_datums(self) -> int:
         """Rows uploaded so far (whether or not a map includes them yet)."""
-        table = read_shards(self._paths, [self.id_field])
-        return 0 if table is None else table.num_rows
+        return count_rows(self._paths)
 
     @property
     def dataset_fields(self) -> list[str]:

@@ -11,6 +11,13 @@ import os
 from atlas_assets.store import DatasetPaths, dagster_home
 
 
+def _root_message(error) -> str:
+    """The innermost error message of a Dagster step failure (the user's own exception)."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def materialize_map(paths: DatasetPaths) -> str:
     """Build every map resource of ``paths``'s partition; returns the Dagster run id."""
     home = dagster_home()
@@ -36,7 +43,7 @@ def materialize_map(paths: DatasetPaths) -> str:
         )
         if not result.success:
             failure = next((e for e in result.all_events if e.is_step_failure), None)
-            why = failure.step_failure_data.error.message.strip() if failure else "see the run"
+            why = _root_message(failure.step_failure_data.error) if failure else "see the run"
             raise RuntimeError(
                 f"building the map of {paths.identifier!r} failed (Dagster run {result.run_id}): "
                 f"{why}"

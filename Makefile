@@ -1,0 +1,33 @@
+# Two commands do all the set-up: `make demo` builds the sample map, `make test` runs the tests.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+# The store and the Dagster instance persist in the checkout unless told otherwise.
+export ATLAS_HOME ?= $(CURDIR)/data/store
+export DAGSTER_HOME ?= $(ATLAS_HOME)/.dagster
+
+.PHONY: setup demo test lint dev bench
+
+# torch first, pinned to the CPU build on this machine's disk: a bare requirement pulls CUDA.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/atlas demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+dev: setup
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dg dev -w workspace.yaml

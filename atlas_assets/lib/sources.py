@@ -1,0 +1,23 @@
+"""Reading user files (CSV, Parquet, JSON Lines) into DataFrames, ids kept as text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+SUPPORTED = (".csv", ".csv.gz", ".parquet", ".jsonl", ".jsonl.gz", ".ndjson")
+
+
+def read_table_file(path: str | Path, id_field: str | None = None) -> pd.DataFrame:
+    """Read a CSV, Parquet or JSONL file; ``id_field`` is read as text (``0704.0001`` stays so)."""
+    path = Path(path)
+    name = path.name.lower()
+    dtype = {id_field: str} if id_field else None
+    if name.endswith((".csv", ".csv.gz")):
+        return pd.read_csv(path, dtype=dtype, keep_default_na=True)
+    if name.endswith(".parquet"):
+        return pd.read_parquet(path)
+    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        return pd.read_json(path, lines=True, dtype=dtype)
+    raise ValueError(f"unsupported file type {path.name!r}: expected one of {', '.join(SUPPORTED)}")

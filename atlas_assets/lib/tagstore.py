@@ -1,0 +1,534 @@
+"""A durable, transactional store of datum tags: one SQLite file per dataset.
+
+Curators tag datums (by string id, never row position, so tags survive re-indexing) from
+notebooks and from the web map, possibly from several processes at once. The store is therefore:
+
+* **SQLite in WAL mode** with a busy timeout: readers never block writers and see a consistent
+  snapshot; concurrent writers queue instead of failing.
+* **One transaction per operation**: writes start with ``BEGIN IMMEDIATE`` (take the write lock
+  up front, so a read-then-write can never be invalidated by another writer) and either commit
+  completely or not at all. All validation happens before or inside that transaction, so a
+  failed call writes nothing.
+* **A connection per operation**: nothing is shared between threads or across ``fork()``.
+* **Set-based** for large batches: ids go through ``executemany`` into a temp table and the
+  membership changes are single ``INSERT ... SELECT`` / ``DELETE ... IN`` statements.
+
+Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`)::
+
+    tags(seq INTEGER PRIMARY KEY AUTOINCREMENT, tag_id TEXT UNIQUE, name TEXT UNIQUE,
+         created TEXT, color TEXT, description TEXT)
+    memberships(tag_seq INTEGER, datum_id TEXT, PRIMARY KEY (tag_seq, datum_id)) WITHOUT ROWID
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MAX_TAG_NAME = 128
+SCHEMA_VERSION = 1
+# Long enough to ride out a concurrent 100k-id write on a slow disk; short enough to surface a
+# genuinely stuck lock to the user instead of hanging a notebook forever.
+BUSY_TIMEOUT_S = 60.0
+# How many offending values an error message quotes before summarising with a count.
+_SHOW = 5
+# Default colours, assigned round-robin by creation order when the caller gives none.
+PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tags (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tag_id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    color TEXT,
+    description TEXT
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    tag_seq INTEGER NOT NULL REFERENCES tags(seq),
+    datum_id TEXT NOT NULL,
+    PRIMARY KEY (tag_seq, datum_id)
+) WITHOUT ROWID;
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _preview(values: Sequence[Any]) -> str:
+    shown = ", ".join(repr(v) for v in values[:_SHOW])
+    return shown + (", ..." if len(values) > _SHOW else "")
+
+
+def _check_tag_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"Tag names must be strings, got {type(name).__name__}: {name!r}")
+    if not name.strip():
+        raise ValueError(f"Tag name must not be empty or whitespace-only, got {name!r}")
+    if name != name.strip():
+        # " sports" and "sports" would otherwise be two tags that look identical on the map.
+        raise ValueError(f"Tag name must not start or end with whitespace, got {name!r}")
+    if len(name) > MAX_TAG_NAME:
+        raise ValueError(
+            f"Tag name is {len(name)} characters long; the limit is {MAX_TAG_NAME}: "
+            f"{name[:40]!r}..."
+        )
+    return name
+
+
+def _normalize_tags(tags: str | Iterable[str]) -> list[str]:
+    """Validated, de-duplicated tag names in the order given."""
+    names = [tags] if isinstance(tags, str) else list(tags)
+    if not names:
+        raise ValueError("No tag names given: pass a tag name or a non-empty list of them")
+    return list(dict.fromkeys(_check_tag_name(n) for n in names))
+
+
+def _normalize_ids(ids: Iterable[str], *, what: str = "ids", dedupe: bool = True) -> list[str]:
+    """Ids as a list of Python ``str`` (de-duplicated, first occurrence kept, if ``dedupe``)."""
+    if ids is None:
+        raise ValueError(f"{what} must be an iterable of string datum ids, got None")
+    if isinstance(ids, str | bytes):
+        # A bare string would otherwise be iterated character by character.
+        raise ValueError(
+            f"{what} must be an iterable of string datum ids, not a single "
+            f"{type(ids).__name__}; wrap it in a list: [{ids!r}]"
+        )
+    if isinstance(ids, pa.ChunkedArray | pa.Array):
+        values = ids.to_pylist()
+    elif isinstance(ids, np.ndarray):
+        values = ids.tolist()  # np.str_ -> str, and surfaces non-str elements for the check
+    else:
+        values = list(ids)
+    # Fast path (a C-level pass) for the usual all-plain-str case; 1M ids in ~20 ms.
+    if not set(map(type, values)) <= {str}:
+        bad = [v for v in values if not isinstance(v, str)]
+        if bad:
+            kinds = sorted({type(v).__name__ for v in bad})
+            raise ValueError(
+                f"Datum ids must be strings; {len(bad)} of {len(values)} are not "
+                f"(types: {', '.join(kinds)}; e.g. {_preview(bad)})"
+            )
+        # str subclasses (np.str_) are stored as plain str so sqlite3 binds them.
+        values = [v if type(v) is str else str(v) for v in values]
+    return list(dict.fromkeys(values)) if dedupe else values
+
+
+class TagStore:
+    """Tags over a dataset's datum ids, persisted in one SQLite file.
+
+    Safe to use from several threads and processes at once (including after ``fork()``): every
+    public method opens its own connection and runs as exactly one transaction.
+
+    Args:
+        path: The SQLite file (created, with its schema, on first use; its directory must exist).
+        valid_ids: Returns the dataset's current datum ids; :meth:`add` rejects ids not among
+            them. ``None`` disables the check. Returning a ``set``/``frozenset`` (or a pyarrow
+            array) avoids a conversion per call.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        valid_ids: Callable[[], Collection[str]] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.valid_ids = valid_ids
+        self._schema_ready = False
+
+    def __repr__(self) -> str:
+        return f"TagStore({str(self.path)!r})"
+
+    # -- connections and transactions ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(
+                f"Cannot open tag store {self.path}: directory {self.path.parent} does not exist"
+            )
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each operation is exactly
+        # the transaction we wrote and the sqlite3 module never opens implicit ones.
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if not self._schema_ready:
+                self._ensure_wal(con)
+            # FULL: a commit the user saw succeed survives a power cut, not just a crash.
+            con.execute("PRAGMA synchronous = FULL")
+            con.execute("PRAGMA temp_store = MEMORY")
+            if not self._schema_ready:
+                self._ensure_schema(con)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _ensure_wal(self, con: sqlite3.Connection) -> None:
+        """Switch the file to WAL (persistent, so a no-op once any opener has done it)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.001
+        while True:
+            mode = str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if mode == "wal":
+                return
+            try:
+                mode = str(con.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            except sqlite3.OperationalError as exc:
+                # The switch needs an exclusive lock and SQLite fails it at once, without the
+                # busy handler, when another process is opening the fresh file too: retry.
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+            if mode == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Could not put tag store {self.path} in WAL mode ({mode})")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _ensure_schema(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            # Several processes may open a fresh file at once: create under the write lock and
+            # re-check, so exactly one of them does it.
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            con.execute(stmt)
+                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    version = SCHEMA_VERSION
+                con.execute("COMMIT")
+            except BaseException:
+                # Some errors (e.g. disk full) already rolled SQLite back; don't mask them.
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        if version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"Tag store {self.path} has schema version {version}; this code understands "
+                f"version {SCHEMA_VERSION}. Upgrade atlas_assets to open it."
+            )
+        self._schema_ready = True
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One connection, one transaction: committed on success, rolled back on any error."""
+        con = self._connect()
+        try:
+            # IMMEDIATE takes the write lock now, so checks made inside the transaction still
+            # hold at commit; a deferred read transaction still gives a consistent WAL snapshot.
+            con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield con
+            except BaseException:
+                # Some errors (e.g. disk full) already rolled SQLite back; don't mask them.
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    @staticmethod
+    def _load_batch(con: sqlite3.Connection, ids: list[str]) -> None:
+        """Put ``ids`` into ``temp._batch`` for set-based joins (one executemany, not N queries)."""
+        con.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _batch (datum_id TEXT PRIMARY KEY) WITHOUT ROWID"
+        )
+        con.execute("DELETE FROM temp._batch")
+        con.executemany("INSERT OR IGNORE INTO temp._batch VALUES (?)", ((i,) for i in ids))
+
+    @staticmethod
+    def _tag_row_to_dict(row: tuple, count: int) -> dict:
+        seq, tag_id, name, created, color, description = row
+        return {
+            "tag_name": name,
+            "tag_id": tag_id,
+            "metadata": {
+                "created": created,
+                "color": color,
+                "description": description,
+                "count": int(count),
+            },
+        }
+
+    @staticmethod
+    def _tag_seqs(con: sqlite3.Connection) -> dict[str, int]:
+        return dict(con.execute("SELECT name, seq FROM tags ORDER BY seq"))
+
+    def _create_in(
+        self,
+        con: sqlite3.Connection,
+        name: str,
+        color: str | None = None,
+        description: str | None = None,
+    ) -> int:
+        """Create ``name`` if missing (inside the caller's write transaction); its ``seq``."""
+        row = con.execute("SELECT seq FROM tags WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        cur = con.execute(
+            "INSERT INTO tags (tag_id, name, created, color, description) VALUES (?, ?, ?, ?, ?)",
+            (str(uuid.uuid4()), name, _now(), color, description),
+        )
+        seq = int(cur.lastrowid)
+        if color is None:
+            con.execute(
+                "UPDATE tags SET color = ? WHERE seq = ?", (PALETTE[(seq - 1) % len(PALETTE)], seq)
+            )
+        return seq
+
+    def _unknown_tag_error(self, con: sqlite3.Connection, names: Sequence[str]) -> ValueError:
+        known = list(self._tag_seqs(con))
+        listing = ", ".join(repr(k) for k in known[:20]) + (", ..." if len(known) > 20 else "")
+        which = ", ".join(repr(n) for n in names)
+        return ValueError(
+            f"Unknown tag{'s' if len(names) > 1 else ''} {which} in tag store {self.path}; "
+            f"known tags ({len(known)}): {listing or 'none'}"
+        )
+
+    def _check_valid_ids(self, ids: list[str]) -> None:
+        if self.valid_ids is None or not ids:
+            return
+        valid = self.valid_ids()
+        if isinstance(valid, pa.ChunkedArray | pa.Array):
+            # Hash join in Arrow: no million-element Python set per call.
+            known = pc.is_in(pa.array(ids, type=pa.string()), value_set=valid.cast(pa.string()))
+            mask = np.asarray(known.to_numpy(zero_copy_only=False), dtype=bool)
+            unknown = [i for i, ok in zip(ids, mask, strict=True) if not ok]
+        else:
+            if isinstance(valid, np.ndarray):
+                valid = valid.tolist()
+            if not isinstance(valid, AbstractSet):
+                valid = set(valid)
+            unknown = [i for i in ids if i not in valid]
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} of {len(ids)} ids are not in the dataset: {_preview(unknown)}. "
+                "Nothing was tagged."
+            )
+
+    # -- public API -------------------------------------------------------------------------
+
+    def get_tags(self) -> list[dict]:
+        """All tags in creation order.
+
+        Returns:
+            ``[{"tag_name", "tag_id", "metadata": {"created", "color", "description", "count"}}]``
+            where ``created`` is an ISO-8601 UTC time and ``count`` the number of tagged datums.
+        """
+        with self._transaction(write=False) as con:
+            rows = con.execute(
+                "SELECT t.seq, t.tag_id, t.name, t.created, t.color, t.description, "
+                "(SELECT COUNT(*) FROM memberships m WHERE m.tag_seq = t.seq) "
+                "FROM tags t ORDER BY t.seq"
+            ).fetchall()
+        return [self._tag_row_to_dict(r[:6], r[6]) for r in rows]
+
+    def create_tag(
+        self, name: str, *, color: str | None = None, description: str | None = None
+    ) -> dict:
+        """Create a tag with no datums; an existing tag of that name is returned unchanged.
+
+        Args:
+            name: 1 to :data:`MAX_TAG_NAME` characters, not whitespace-only, no surrounding
+                whitespace.
+            color: Any CSS colour string; default: the next colour of :data:`PALETTE`.
+            description: Free text.
+
+        Returns:
+            The tag, as one element of :meth:`get_tags`.
+        """
+        name = _check_tag_name(name)
+        for field, value in (("color", color), ("description", description)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"Tag {field} must be a string, got {type(value).__name__}")
+        if color is not None and not color.strip():
+            raise ValueError("Tag color must not be empty; pass None for the default")
+        with self._transaction(write=True) as con:
+            seq = self._create_in(con, name, color, description)
+            row = con.execute(
+                "SELECT seq, tag_id, name, created, color, description FROM tags WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+            count = con.execute(
+                "SELECT COUNT(*) FROM memberships WHERE tag_seq = ?", (seq,)
+            ).fetchone()[0]
+        return self._tag_row_to_dict(row, count)
+
+    def add(self, ids: Iterable[str], tags: str | Iterable[str]) -> int:
+        """Tag datums, creating any tags that do not exist yet.
+
+        Args:
+            ids: Datum ids (strings). Must be non-empty and, when ``valid_ids`` was given, all
+                in the dataset. Duplicates and already-tagged ids are fine.
+            tags: A tag name or several.
+
+        Returns:
+            The number of new (datum, tag) memberships; ``0`` when everything was already tagged.
+
+        Raises:
+            ValueError: On invalid ids or tag names; nothing is written.
+        """
+        names = _normalize_tags(tags)
+        id_list = _normalize_ids(ids)
+        if not id_list:
+            raise ValueError("add() needs at least one datum id; got an empty list")
+        self._check_valid_ids(id_list)
+        with self._transaction(write=True) as con:
+            self._load_batch(con, id_list)
+            added = 0
+            for name in names:
+                seq = self._create_in(con, name)
+                # rowcount counts only rows actually inserted, not those IGNOREd as duplicates.
+                added += con.execute(
+                    "INSERT OR IGNORE INTO memberships (tag_seq, datum_id) "
+                    "SELECT ?, datum_id FROM temp._batch",
+                    (seq,),
+                ).rowcount
+            return added
+
+    def remove(
+        self,
+        ids: Iterable[str] | None,
+        tags: str | Iterable[str],
+        delete_all: bool = False,
+    ) -> int:
+        """Untag datums, or with ``delete_all=True`` delete the tags themselves.
+
+        Args:
+            ids: Datum ids to untag. Ids that are not in the tag (or no longer in the dataset)
+                are ignored. Ignored, and may be ``None``, when ``delete_all`` is True.
+            tags: A tag name or several; all must exist.
+            delete_all: Delete each tag and all of its memberships.
+
+        Returns:
+            The number of (datum, tag) memberships removed.
+
+        Raises:
+            ValueError: On an unknown tag, invalid ids or tag names, or no ids without
+                ``delete_all``; nothing is written.
+        """
+        names = _normalize_tags(tags)
+        id_list: list[str] = []
+        if not delete_all:
+            if ids is None:
+                raise ValueError(
+                    "remove() needs the ids to untag; pass delete_all=True to delete the whole tag"
+                )
+            id_list = _normalize_ids(ids)
+            if not id_list:
+                raise ValueError(
+                    "remove() got an empty list of ids; pass delete_all=True to delete the "
+                    "whole tag"
+                )
+        with self._transaction(write=True) as con:
+            seqs = self._tag_seqs(con)
+            missing = [n for n in names if n not in seqs]
+            if missing:
+                raise self._unknown_tag_error(con, missing)
+            if not delete_all:
+                self._load_batch(con, id_list)
+            removed = 0
+            for name in names:
+                seq = seqs[name]
+                if delete_all:
+                    removed += con.execute(
+                        "DELETE FROM memberships WHERE tag_seq = ?", (seq,)
+                    ).rowcount
+                    con.execute("DELETE FROM tags WHERE seq = ?", (seq,))
+                else:
+                    removed += con.execute(
+                        "DELETE FROM memberships WHERE tag_seq = ? "
+                        "AND datum_id IN (SELECT datum_id FROM temp._batch)",
+                        (seq,),
+                    ).rowcount
+            return removed
+
+    def get_datums_in_tag(self, tag_name: str) -> list[str]:
+        """The ids of all datums with tag ``tag_name``, sorted.
+
+        Raises:
+            ValueError: If no tag of that name exists (the message lists the known tags).
+        """
+        _check_tag_name(tag_name)
+        with self._transaction(write=False) as con:
+            row = con.execute("SELECT seq FROM tags WHERE name = ?", (tag_name,)).fetchone()
+            if row is None:
+                raise self._unknown_tag_error(con, [tag_name])
+            return [
+                r[0]
+                for r in con.execute(
+                    "SELECT datum_id FROM memberships WHERE tag_seq = ? ORDER BY datum_id",
+                    (row[0],),
+                )
+            ]
+
+    def memberships(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per tag (creation order), a bool array aligned to ``ids``: True where tagged.
+
+        Ids not in the store (or not in the dataset) are simply False; duplicates in ``ids``
+        get the same value. All tags are read from one snapshot.
+        """
+        id_list = _normalize_ids(ids, dedupe=False)
+        id_arr = pa.array(id_list, type=pa.string())
+        with self._transaction(write=False) as con:
+            seqs = self._tag_seqs(con)
+            members = {
+                name: [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT datum_id FROM memberships WHERE tag_seq = ?", (seq,)
+                    )
+                ]
+                for name, seq in seqs.items()
+            }
+        # Arrow's hashed is_in: linear in len(ids) + tag size, no per-id Python work.
+        return {
+            name: np.asarray(
+                pc.is_in(id_arr, value_set=pa.array(m, type=pa.string())).to_numpy(
+                    zero_copy_only=False
+                ),
+                dtype=bool,
+            )
+            for name, m in members.items()
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Tag name -> number of tagged datums, in creation order (empty tags included)."""
+        with self._transaction(write=False) as con:
+            return {
+                name: int(n)
+                for name, n in con.execute(
+                    "SELECT t.name, (SELECT COUNT(*) FROM memberships m WHERE m.tag_seq = t.seq) "
+                    "FROM tags t ORDER BY t.seq"
+                )
+            }

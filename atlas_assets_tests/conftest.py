@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated store per test, the bundled arXiv sample, one real built map."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "arxiv_2007_sample.csv.gz"
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@contextlib.contextmanager
+def store_at(root: Path) -> Iterator[Path]:
+    """Point ATLAS_HOME and DAGSTER_HOME at ``root`` for the body."""
+    saved = {k: os.environ.get(k) for k in ("ATLAS_HOME", "DAGSTER_HOME")}
+    os.environ["ATLAS_HOME"] = str(root)
+    os.environ["DAGSTER_HOME"] = str(root / ".dagster")
+    try:
+        yield root
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Path]:
+    """An empty store (and Dagster instance folder) for one test."""
+    with store_at(tmp_path / "store") as root:
+        yield root
+
+
+@pytest.fixture(scope="session")
+def arxiv() -> pd.DataFrame:
+    """The bundled CC0 arXiv sample, ids as text."""
+    return pd.read_csv(SAMPLE, dtype={"arxiv_id": str})
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, arxiv: pd.DataFrame):
+    """One real map of 90 arXiv abstracts in two batches, built through Dagster's instance.
+
+    Returns ``(dataset, atlas_map, frame)``; the objects keep their store paths after the
+    environment is restored.
+    """
+    from atlas_assets import AtlasDataset
+
+    frame = arxiv.head(90).reset_index(drop=True)
+    with store_at(tmp_path_factory.mktemp("built")):
+        ds = AtlasDataset("arXiv Sample", unique_id_field="arxiv_id")
+        ds.add_data(frame.head(50))
+        ds.add_data(frame.iloc[50:])
+        atlas_map = ds.create_index(indexed_field="abstract")
+    return ds, atlas_map, frame

@@ -1,0 +1,110 @@
+"""The assets on an ephemeral Dagster instance: definitions load, and materializing a partition
+writes files the reader then reads."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from atlas_assets import AtlasDataset
+from atlas_assets.defs.partitions import atlas_datasets
+from atlas_assets.definitions import defs
+from atlas_assets.store import dataset_paths, resource_info
+from atlas_assets.store.datasets import update_meta
+
+
+def test_definitions_load():
+    loaded = defs()
+    dg.Definitions.validate_loadable(loaded)
+    keys = {a.key.to_user_string() for a in loaded.assets}
+    assert {"dataset", "latent", "knn_graph", "projected"} <= keys
+    assert loaded.resolve_job_def("build_map").partitions_def == atlas_datasets
+
+
+def test_materialize_partition_with_uploaded_embeddings(store, arxiv):
+    """Bring-your-own vectors: no model runs; the partition's assets write aligned resources."""
+    rng = np.random.default_rng(0)
+    frame = arxiv.head(40)
+    ds = AtlasDataset("byo", unique_id_field="arxiv_id")
+    ds.add_data(frame, embeddings=rng.normal(size=(40, 16)))
+    update_meta(ds._paths, maps=[{"name": "byo", "id": "m", "indexed_field": None}])
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(atlas_datasets.name, ["byo"])
+    loaded = defs()
+    result = dg.materialize(
+        [
+            a
+            for a in loaded.assets
+            if a.key.to_user_string() in {"dataset", "latent", "knn_graph", "projected"}
+        ],
+        instance=instance,
+        partition_key="byo",
+        resources=loaded.resources,
+    )
+    assert result.success
+    mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    latent_meta = mats["latent"].materialization.metadata
+    assert latent_meta["dagster/row_count"].value == 40
+    assert latent_meta["dimensions"].value == 16 and latent_meta["embedded_now"].value == 0
+    assert "map" in mats["projected"].materialization.metadata
+
+    paths = dataset_paths("byo")
+    versions = {
+        resource_info(paths.resource(r))["dataset_version"]
+        for r in ("dataset", "latent", "knn_graph", "projected")
+    }
+    assert len(versions) == 1
+    atlas_map = ds.maps[0]
+    assert atlas_map.embeddings.latent.shape == (40, 16)
+    np.testing.assert_allclose(np.linalg.norm(atlas_map.embeddings.latent, axis=1), 1, atol=1e-5)
+    assert atlas_map.embeddings.projected["arxiv_id"].tolist() == frame["arxiv_id"].tolist()
+
+
+def test_unknown_or_invalid_partition_fails_clearly(store):
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(atlas_datasets.name, ["ghost", "bad..key"])
+    loaded = defs()
+    dataset_asset = next(a for a in loaded.assets if a.key.to_user_string() == "dataset")
+    for key, message in (("ghost", "has no data"), ("bad..key", "invalid dataset identifier")):
+        result = dg.materialize(
+            [dataset_asset],
+            instance=instance,
+            partition_key=key,
+            resources=loaded.resources,
+            raise_on_error=False,
+        )
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert message in failure.step_failure_data.error.message
+
+
+def test_create_index_run_is_recorded_in_the_persistent_instance(built):
+    ds, atlas_map, _ = built
+    home = ds._paths.root.parents[1] / ".dagster"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        assert runs and runs[0].job_name == "build_map"
+        assert runs[0].tags.get("dagster/partition") == ds._paths.partition_key
+        record = instance.get_latest_materialization_event(dg.AssetKey("projected"))
+        assert record is not None and record.run_id == runs[0].run_id
+
+
+@pytest.mark.parametrize("asset", ["latent", "projected"])
+def test_downstream_without_upstream_says_what_to_materialize(store, arxiv, asset):
+    ds = AtlasDataset("partial", unique_id_field="arxiv_id")
+    ds.add_data(arxiv.head(5))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(atlas_datasets.name, ["partial"])
+    loaded = defs()
+    target = next(a for a in loaded.assets if a.key.to_user_string() == asset)
+    result = dg.materialize(
+        [target],
+        instance=instance,
+        partition_key="partial",
+        resources=loaded.resources,
+        raise_on_error=False,
+    )
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "materialize the 'dataset' asset first" in failure.step_failure_data.error.message

@@ -1,0 +1,357 @@
+"""Tests for the SQLite tag store: semantics, validation, concurrency and durability."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+import threading
+import time
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from atlas_assets.lib.tagstore import MAX_TAG_NAME, SCHEMA_VERSION, TagStore
+
+IDS = [f"d{i:05d}" for i in range(1000)]
+
+
+@pytest.fixture
+def store(tmp_path) -> TagStore:
+    valid = set(IDS)
+    return TagStore(tmp_path / "tags.sqlite", valid_ids=lambda: valid)
+
+
+def snapshot(store: TagStore) -> tuple[list[dict], dict[str, list[str]]]:
+    """Everything observable about the store, to prove a failed call wrote nothing."""
+    tags = store.get_tags()
+    return tags, {t["tag_name"]: store.get_datums_in_tag(t["tag_name"]) for t in tags}
+
+
+# -- semantics ------------------------------------------------------------------------------
+
+
+def test_round_trip(store):
+    assert store.add(["d00003", "d00001", "d00002"], "sports") == 3
+    assert store.get_datums_in_tag("sports") == ["d00001", "d00002", "d00003"]
+    assert store.remove(["d00001", "d00999"], "sports") == 1  # d00999 was never tagged
+    assert store.get_datums_in_tag("sports") == ["d00002", "d00003"]
+    assert store.counts() == {"sports": 2}
+    assert store.remove(["d00002", "d00003"], ["sports"]) == 2
+    # Removing every member keeps the (now empty) tag; only delete_all deletes it.
+    assert store.get_datums_in_tag("sports") == []
+    assert store.counts() == {"sports": 0}
+
+
+def test_creation_order_and_metadata(store):
+    created = store.create_tag("zeta", color="#123456", description="last letter")
+    store.add(IDS[:5], ["alpha", "zeta"])
+    store.create_tag("mid")
+    tags = store.get_tags()
+    assert [t["tag_name"] for t in tags] == ["zeta", "alpha", "mid"]
+    assert set(tags[0]) == {"tag_name", "tag_id", "metadata"}
+    assert tags[0]["tag_id"] == created["tag_id"]
+    assert tags[0]["metadata"]["color"] == "#123456"
+    assert tags[0]["metadata"]["description"] == "last letter"
+    assert [t["metadata"]["count"] for t in tags] == [5, 5, 0]
+    assert len({t["tag_id"] for t in tags}) == 3
+    for t in tags:
+        assert isinstance(t["tag_id"], str)
+        assert datetime.fromisoformat(t["metadata"]["created"]).tzinfo is not None
+        assert t["metadata"]["color"]  # a default colour is always assigned
+    assert tags[0]["metadata"]["created"] <= tags[1]["metadata"]["created"]
+    assert created["metadata"]["count"] == 0
+    assert store.counts() == {"zeta": 5, "alpha": 5, "mid": 0}
+
+
+def test_create_tag_is_idempotent(store):
+    first = store.create_tag("keep", color="red", description="x")
+    store.add(IDS[:3], "keep")
+    again = store.create_tag("keep", color="blue")
+    assert again["tag_id"] == first["tag_id"]
+    assert again["metadata"]["color"] == "red"
+    assert again["metadata"]["count"] == 3
+    assert len(store.get_tags()) == 1
+
+
+def test_add_is_idempotent(store):
+    assert store.add(IDS[:10], "t") == 10
+    assert store.add(IDS[:10], "t") == 0
+    assert store.add(IDS[5:15], "t") == 5
+    assert store.add(["d00020", "d00020", "d00021"], "t") == 2  # duplicates in the input count once
+    assert store.add(IDS[:2], ["t", "u", "u"]) == 2  # only the new tag u gains members
+    assert store.counts() == {"t": 17, "u": 2}
+
+
+def test_delete_all(store):
+    store.add(IDS[:10], ["a", "b"])
+    old_id = store.get_tags()[0]["tag_id"]
+    assert store.remove(None, "a", delete_all=True) == 10
+    assert [t["tag_name"] for t in store.get_tags()] == ["b"]
+    assert store.get_datums_in_tag("b") == IDS[:10]
+    with pytest.raises(ValueError, match="Unknown tag 'a'"):
+        store.get_datums_in_tag("a")
+    # ids are ignored with delete_all; a re-created tag is new and empty.
+    assert store.remove(["d00000"], "b", delete_all=True) == 10
+    assert store.get_tags() == []
+    store.create_tag("a")
+    assert store.get_tags()[0]["tag_id"] != old_id
+    assert store.get_datums_in_tag("a") == []
+
+
+def test_memberships_aligned_to_ids(store):
+    store.add(["d00001", "d00003"], "odd")
+    store.add(["d00002"], "even")
+    store.create_tag("empty")
+    order = ["d00003", "unknown", "d00002", "d00001", "d00003"]
+    m = store.memberships(order)
+    assert list(m) == ["odd", "even", "empty"]
+    assert m["odd"].dtype == bool
+    assert m["odd"].tolist() == [True, False, False, True, True]
+    assert m["even"].tolist() == [False, False, True, False, False]
+    assert m["empty"].tolist() == [False] * 5
+    # Keyed by id, so a re-ordered (re-indexed) dataset lines up without any rewrite.
+    m2 = store.memberships(np.array(order[::-1]))
+    assert m2["odd"].tolist() == m["odd"].tolist()[::-1]
+    assert store.memberships([])["odd"].shape == (0,)
+
+
+def test_accepts_numpy_and_arrow_inputs(tmp_path):
+    valid = pa.array(IDS)
+    store = TagStore(tmp_path / "tags.sqlite", valid_ids=lambda: valid)
+    assert store.add(np.array(IDS[:4]), "np") == 4
+    assert store.add(pa.array(IDS[4:6]), "np") == 2
+    assert all(type(i) is str for i in store.get_datums_in_tag("np"))
+    with pytest.raises(ValueError, match="1 of 2 ids are not in the dataset: 'nope'"):
+        store.add(["d00000", "nope"], "np")
+    assert store.counts() == {"np": 6}
+
+
+def test_without_validation_any_string_id_is_stored(tmp_path):
+    store = TagStore(tmp_path / "tags.sqlite")
+    assert store.add(["anything", "ünïcode id", "42"], "t") == 3
+    assert store.get_datums_in_tag("t") == sorted(["anything", "ünïcode id", "42"])
+
+
+# -- validation: clear errors, nothing written ----------------------------------------------
+
+LONG = "x" * (MAX_TAG_NAME + 1)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.add(["d00000", "bad1", "bad2"], "t"), r"2 of 3 ids are not in the dataset"),
+        (
+            lambda s: s.add([f"nope{i}" for i in range(8)], "t"),
+            r"8 of 8 ids .*'nope0', 'nope1', 'nope2', 'nope3', 'nope4', \.\.\.",
+        ),
+        (lambda s: s.add(["d00000", 7, None], "t"), r"must be strings; 2 of 3 .*NoneType, int"),
+        (lambda s: s.add([b"d00000"], "t"), r"must be strings.*bytes"),
+        (lambda s: s.add("d00000", "t"), r"not a single str; wrap it in a list"),
+        (lambda s: s.add([], "t"), r"at least one datum id"),
+        (lambda s: s.add(["d00000"], ""), r"empty or whitespace-only"),
+        (lambda s: s.add(["d00000"], "   "), r"empty or whitespace-only"),
+        (lambda s: s.add(["d00000"], ["ok", " pad"]), r"start or end with whitespace"),
+        (lambda s: s.add(["d00000"], LONG), rf"limit is {MAX_TAG_NAME}"),
+        (lambda s: s.add(["d00000"], ["new", 5]), r"must be strings, got int"),
+        (lambda s: s.add(["d00000"], []), r"No tag names given"),
+        (lambda s: s.create_tag(LONG), rf"limit is {MAX_TAG_NAME}"),
+        (lambda s: s.create_tag("c", color=""), r"color must not be empty"),
+        (lambda s: s.remove(["d00000"], "nosuch"), r"Unknown tag 'nosuch'.*known tags \(1\): 't'"),
+        (lambda s: s.remove(["d00000"], ["t", "nosuch"]), r"Unknown tag 'nosuch'"),
+        (lambda s: s.remove(None, "nosuch", delete_all=True), r"Unknown tag 'nosuch'"),
+        (lambda s: s.remove(None, ["t", "nosuch"], delete_all=True), r"Unknown tag 'nosuch'"),
+        (lambda s: s.remove([], "t"), r"empty list of ids; pass delete_all=True"),
+        (lambda s: s.remove(None, "t"), r"needs the ids to untag"),
+        (lambda s: s.remove([1], "t"), r"must be strings"),
+        (lambda s: s.get_datums_in_tag("nosuch"), r"Unknown tag 'nosuch'.*known tags \(1\): 't'"),
+        (lambda s: s.memberships([None]), r"must be strings"),
+    ],
+)
+def test_validation_errors_write_nothing(store, call, message):
+    store.add(IDS[:3], "t")
+    before = snapshot(store)
+    with pytest.raises(ValueError, match=message):
+        call(store)
+    assert snapshot(store) == before
+
+
+def test_failure_mid_transaction_rolls_back(store, monkeypatch):
+    store.add(IDS[:3], "t")
+    before = snapshot(store)
+    real = TagStore._create_in
+    calls = []
+
+    def flaky(self, con, name, *args):
+        calls.append(name)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(self, con, name, *args)
+
+    monkeypatch.setattr(TagStore, "_create_in", flaky)
+    # The first tag gets created and filled before the second fails: all of it must vanish.
+    with pytest.raises(RuntimeError, match="boom"):
+        store.add(IDS[:10], ["new", "t"])
+    monkeypatch.undo()
+    assert snapshot(store) == before
+
+
+# -- durability -----------------------------------------------------------------------------
+
+
+def test_persists_across_reopen(tmp_path):
+    path = tmp_path / "tags.sqlite"
+    first = TagStore(path)
+    first.add(IDS[:50], ["a", "b"])
+    first.remove(IDS[:10], "b")
+    tags = first.get_tags()
+    del first
+    again = TagStore(path)
+    assert again.get_tags() == tags
+    assert again.get_datums_in_tag("b") == IDS[10:50]
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        con.close()
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "tags.sqlite"
+    TagStore(path).create_tag("t")
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(RuntimeError, match="schema version"):
+        TagStore(path).get_tags()
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TagStore(tmp_path / "nope" / "tags.sqlite").get_tags()
+
+
+def test_large_batch_is_fast(tmp_path):
+    ids = [f"row-{i}" for i in range(200_000)]
+    valid = frozenset(ids)
+    store = TagStore(tmp_path / "tags.sqlite", valid_ids=lambda: valid)
+    start = time.perf_counter()
+    assert store.add(ids[:100_000], ["big", "big2"]) == 200_000
+    assert store.add(ids[50_000:150_000], "big") == 50_000
+    assert int(store.memberships(ids)["big"].sum()) == 150_000
+    assert store.remove(ids[:100_000], "big") == 100_000
+    assert store.counts() == {"big": 50_000, "big2": 100_000}
+    # A query per id would take minutes here; set-based SQL takes ~2 s even on a slow runner.
+    assert time.perf_counter() - start < 15
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+def _add_worker(store_or_path, worker: int, n: int, barrier) -> None:
+    store = store_or_path if isinstance(store_or_path, TagStore) else TagStore(store_or_path)
+    ids = [f"w{worker}-{i}" for i in range(n)]
+    barrier.wait()
+    # Many small transactions so the writers really interleave.
+    for start in range(0, n, 10):
+        store.add(ids[start : start + 10], "shared")
+        if start % 50 == 0:
+            store.add([ids[start]], f"own-{worker}")
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_concurrent_writers_lose_nothing(tmp_path, method):
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"{method} not available")
+    ctx = mp.get_context(method)
+    path = tmp_path / "tags.sqlite"
+    # spawn children re-import numpy/pyarrow/pytest (~2 s each on 2 cores): two suffice there.
+    n_proc, n = (2 if method == "spawn" else 4), 300
+    # spawn: every child opens a brand-new file (racing to create the schema);
+    # fork: children inherit one TagStore object created (and used) in the parent.
+    target: TagStore | object = path
+    if method == "fork":
+        target = TagStore(path)
+        target.create_tag("shared")
+    barrier = ctx.Barrier(n_proc)
+    procs = [ctx.Process(target=_add_worker, args=(target, w, n, barrier)) for w in range(n_proc)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * n_proc
+    store = TagStore(path)
+    expected = sorted(f"w{w}-{i}" for w in range(n_proc) for i in range(n))
+    assert store.get_datums_in_tag("shared") == expected
+    assert store.counts()["shared"] == n_proc * n
+    assert {t for t in store.counts() if t.startswith("own-")} == {
+        f"own-{w}" for w in range(n_proc)
+    }
+
+
+def test_concurrent_threads_share_one_store(tmp_path):
+    # Fresh files each round: threads racing to create the file and switch it to WAL is where
+    # SQLite fails fast instead of waiting, so this is the case worth repeating.
+    for round_ in range(10):
+        store = TagStore(tmp_path / f"tags{round_}.sqlite")
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def work(w: int, store=store, barrier=barrier, errors=errors) -> None:
+            try:
+                barrier.wait()
+                for i in range(0, 20, 5):
+                    store.add([f"t{w}-{j}" for j in range(i, i + 5)], "threads")
+            except BaseException as exc:  # surfaced in the main thread below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert store.counts() == {"threads": 80}
+
+
+BATCH = 20_000
+
+
+def _batch_writer(path, batches: int, started) -> None:
+    store = TagStore(path)
+    started.set()
+    for b in range(batches):
+        store.add([f"b{b}-{i}" for i in range(BATCH)], ["x", "y"])
+
+
+def test_reader_sees_all_or_nothing(tmp_path):
+    path = tmp_path / "tags.sqlite"
+    store = TagStore(path)
+    store.create_tag("x")
+    store.create_tag("y")
+    # fork starts in milliseconds; spawn works too where fork is unavailable.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    started = ctx.Event()
+    batches = 8
+    proc = ctx.Process(target=_batch_writer, args=(path, batches, started))
+    proc.start()
+    assert started.wait(60)
+    seen = set()
+    while proc.is_alive():
+        counts = store.counts()
+        # Each add() touches both tags in one transaction: never one without the other,
+        # never part of a batch.
+        assert counts["x"] == counts["y"]
+        assert counts["x"] % BATCH == 0
+        assert len(store.get_datums_in_tag("x")) % BATCH == 0
+        m = store.memberships([f"b{b}-{i}" for b in range(batches) for i in (0, BATCH - 1)])
+        assert np.array_equal(m["x"], m["y"])
+        assert np.array_equal(m["x"][0::2], m["x"][1::2])  # first and last id of each batch
+        seen.add(counts["x"])
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert store.counts() == {"x": batches * BATCH, "y": batches * BATCH}
+    assert seen  # the reader really ran while the writer was writing

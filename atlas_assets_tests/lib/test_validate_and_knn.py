@@ -1,0 +1,86 @@
+"""Pure helpers: kNN graph, projection fallbacks, embedding, validation details."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atlas_assets.lib.embed import embed_texts, model_key, normalize, text_hashes
+from atlas_assets.lib.knn import knn_graph
+from atlas_assets.lib.project import project
+
+
+def unit(rng: np.random.Generator, n: int, d: int = 8) -> np.ndarray:
+    return normalize(rng.normal(size=(n, d)))
+
+
+def test_knn_graph_excludes_self_and_matches_brute_force():
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, 200)
+    graph = knn_graph(vectors, 5)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    expected = np.argsort(-sims, axis=1)[:, :5]
+    assert graph.indices.shape == (200, 5) and graph.indices.dtype == np.int64
+    assert (graph.indices != np.arange(200)[:, None]).all()
+    np.testing.assert_array_equal(np.sort(graph.indices, 1), np.sort(expected, 1))
+    np.testing.assert_allclose(
+        graph.distances, 1 - np.take_along_axis(sims, expected, 1), atol=1e-5
+    )
+
+
+def test_knn_graph_with_exact_duplicates_and_tiny_inputs():
+    vectors = normalize(np.array([[1.0, 0], [1.0, 0], [0, 1.0]]))
+    graph = knn_graph(vectors, 4)
+    assert graph.indices[0, 0] == 1 and graph.indices[1, 0] == 0
+    assert graph.distances[0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert (graph.indices[:, 2:] == -1).all()  # padded: only two other rows exist
+
+
+def test_knn_graph_hnsw_path_has_high_recall():
+    rng = np.random.default_rng(1)
+    vectors = unit(rng, 2000, 16)
+    exact = knn_graph(vectors, 10)
+    approx = knn_graph(vectors, 10, exact_limit=100)
+    recall = np.mean(
+        [len(set(a) & set(b)) / 10 for a, b in zip(exact.indices, approx.indices, strict=True)]
+    )
+    assert recall > 0.9
+
+
+def test_project_small_inputs_fall_back_and_are_finite():
+    rng = np.random.default_rng(2)
+    for n in (0, 1, 3):
+        vectors = unit(rng, n) if n else np.zeros((0, 8), np.float32)
+        coords = project(vectors, knn_graph(vectors, 3) if n else None)
+        assert coords.shape == (n, 2) and np.isfinite(coords).all()
+
+
+def test_project_is_seeded():
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 60)
+    graph = knn_graph(vectors, 15)
+    first = project(vectors, graph, seed=7, n_epochs=50)
+    again = project(vectors, graph, seed=7, n_epochs=50)
+    assert first.shape == (60, 2) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, again)
+
+
+def test_embed_texts_real_model_normalised_and_deduplicated():
+    texts = [
+        "the cat sat on the mat",
+        "quantum chromodynamics at the LHC",
+        "the cat sat on the mat",
+    ]
+    vectors = embed_texts(texts)
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert vectors[0] @ vectors[1] < 0.5
+
+
+def test_text_hashes_and_model_keys_are_stable():
+    hashes = text_hashes(["a", "b", "a"])
+    assert hashes[0] == hashes[2] != hashes[1] and len(hashes[0]) == 32
+    assert model_key("all-MiniLM-L6-v2") == model_key("all-MiniLM-L6-v2")
+    assert "/" not in model_key("org/model")
