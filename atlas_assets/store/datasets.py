@@ -131,3 +131,13 @@ def map_config(paths: DatasetPaths) -> dict[str, Any]:
             f"`atlas index {paths.identifier} --field <text column>` (or create_index in Python)"
         )
     return meta["maps"][0]
+
+
+def count_rows(paths: DatasetPaths) -> int:
+    """Rows uploaded so far, from the shards' footers (no data is read)."""
+    total = 0
+    for f in paths.shard_files():
+        with pa.memory_map(str(f), "r") as source:
+            reader = pa.ipc.open_file(source)
+            total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    return total

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from atlas_assets import AtlasDataset
-from atlas_assets.defs.partitions import atlas_datasets
 from atlas_assets.definitions import defs
+from atlas_assets.defs.partitions import atlas_datasets
 from atlas_assets.store import dataset_paths, resource_info
 from atlas_assets.store.datasets import update_meta
 

@@ -115,7 +115,7 @@ def test_stale_resource_is_refused(built, tmp_path):
 
         fresh = AtlasMap(atlas_map.dataset, atlas_map.config)
         with pytest.raises(StaleResourceError, match="projected"):
-            fresh.embeddings.projected
+            _ = fresh.embeddings.projected
     finally:
         shutil.copy(backup, path)
 
@@ -127,5 +127,5 @@ def test_missing_resource_says_what_to_run(store, arxiv):
 
     atlas_map = AtlasMap(ds, {"name": "unbuilt", "id": "x"})
     with pytest.raises(ResourceNotReadyError, match="atlas index unbuilt"):
-        atlas_map.embeddings.latent
+        _ = atlas_map.embeddings.latent
     assert ds.maps == []
