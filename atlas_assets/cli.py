@@ -85,6 +85,43 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_ids(source: str) -> list[str]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from atlas_assets.reader.tags import open_tag_store
+    from atlas_assets.store import dataset_paths
+    from atlas_assets.store.datasets import load_meta
+
+    paths = dataset_paths(args.dataset)
+    if load_meta(paths) is None:
+        raise LookupError(f"dataset {paths.identifier!r} does not exist")
+    tags = open_tag_store(paths)
+    ids = _read_ids(args.ids_from)
+    if args.remove:
+        changed = tags.remove(ids, args.tag)
+        print(f"removed {changed} datums from tag {args.tag!r}")
+    else:
+        changed = tags.add(ids, args.tag)
+        print(f"tagged {changed} more datums {args.tag!r} ({len(ids)} ids given)")
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    from atlas_assets.reader.tags import open_tag_store
+    from atlas_assets.store import dataset_paths
+
+    paths = dataset_paths(args.dataset)
+    counts = open_tag_store(paths).counts() if paths.tag_db.exists() else {}
+    if not counts:
+        print(f"{paths.identifier} has no tags")
+    for name, count in counts.items():
+        print(f"{count:>8}  {name}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from atlas_assets.lib.sources import read_table_file
     from atlas_assets.reader import AtlasDataset
@@ -137,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list datasets and the state of each map resource")
     ls.set_defaults(func=cmd_ls)
+
+    tag = sub.add_parser("tag", help="tag (or untag) datums listed in a file, one id a line")
+    tag.add_argument("dataset")
+    tag.add_argument("tag", help="tag name")
+    tag.add_argument("--ids-from", required=True, help="file of ids, one a line ('-': stdin)")
+    tag.add_argument("--remove", action="store_true", help="remove the tag from these ids")
+    tag.set_defaults(func=cmd_tag)
+
+    tags = sub.add_parser("tags", help="list a dataset's tags with their counts")
+    tags.add_argument("dataset")
+    tags.set_defaults(func=cmd_tags)
 
     demo = sub.add_parser("demo", help="build the map of the bundled arXiv sample")
     demo.add_argument("--file", type=Path, default=_sample_file(), help=argparse.SUPPRESS)

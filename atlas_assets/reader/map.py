@@ -18,6 +18,7 @@ from atlas_assets.store.files import matrix
 
 if TYPE_CHECKING:
     from atlas_assets.reader.dataset import AtlasDataset
+    from atlas_assets.reader.tags import AtlasMapTags
 
 
 class AtlasMap:
@@ -69,6 +70,12 @@ class AtlasMap:
     @cached_property
     def embeddings(self) -> AtlasMapEmbeddings:
         return AtlasMapEmbeddings(self)
+
+    @cached_property
+    def tags(self) -> AtlasMapTags:
+        from atlas_assets.reader.tags import AtlasMapTags
+
+        return AtlasMapTags(self)
 
 
 class AtlasMapData:

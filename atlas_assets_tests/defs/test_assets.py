@@ -18,7 +18,7 @@ def test_definitions_load():
     loaded = defs()
     dg.Definitions.validate_loadable(loaded)
     keys = {a.key.to_user_string() for a in loaded.assets}
-    assert {"dataset", "latent", "knn_graph", "projected"} <= keys
+    assert {"dataset", "latent", "knn_graph", "projected", "tags"} <= keys
     assert loaded.resolve_job_def("build_map").partitions_def == atlas_datasets
 
 
