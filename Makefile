@@ -29,5 +29,5 @@ test: lint
 	$(BIN)/pytest
 
 dev: setup
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -c "from atlas_assets.store.layout import ensure_dagster_home as e; e()"
 	$(BIN)/dg dev -w workspace.yaml

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from atlas_assets.store import DatasetPaths, dagster_home
+from atlas_assets.store import DatasetPaths
+from atlas_assets.store.layout import ensure_dagster_home
 
 
 def _root_message(error) -> str:
@@ -20,10 +21,7 @@ def _root_message(error) -> str:
 
 def materialize_map(paths: DatasetPaths) -> str:
     """Build every map resource of ``paths``'s partition; returns the Dagster run id."""
-    home = dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()  # an instance with default (SQLite) storage, said explicitly
-    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     import dagster as dg  # imported here: reading a map never needs Dagster
 
     from atlas_assets.definitions import defs

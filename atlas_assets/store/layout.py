@@ -59,6 +59,20 @@ def dagster_home() -> Path:
     return Path(env).expanduser().resolve() if env else atlas_home() / ".dagster"
 
 
+def ensure_dagster_home() -> Path:
+    """Create the Dagster instance folder with a ``dagster.yaml`` (telemetry off: nothing leaves
+    this machine) unless one exists; returns the folder."""
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(
+            "# Written by atlas-assets: default SQLite storage in this folder.\n"
+            "telemetry:\n  enabled: false\n"
+        )
+    return home
+
+
 def _slugify(part: str) -> str:
     slug = re.sub(r"[\s_]", "-", part.strip().lower())
     return slug
