@@ -133,4 +133,7 @@ def check_embeddings(embeddings: Any, n_rows: int, stored_dim: int | None) -> np
     bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
     if bad.size:
         raise ValueError(f"embeddings contain NaN or inf at rows {_rows(bad.tolist())}")
+    zero = np.flatnonzero(~arr.any(axis=1))
+    if zero.size:  # a zero vector has no direction: it cannot be normalised or compared
+        raise ValueError(f"embeddings are all zero at rows {_rows(zero.tolist())}")
     return arr.astype(np.float32)

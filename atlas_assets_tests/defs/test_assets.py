@@ -33,17 +33,25 @@ def test_materialize_partition_with_uploaded_embeddings(store, arxiv):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(atlas_datasets.name, ["byo"])
     loaded = defs()
+    wanted = {"dataset", "latent", "knn_graph", "projected"}
+    checks = [
+        c
+        for c in loaded.asset_checks
+        if {k.asset_key.to_user_string() for k in c.check_keys} <= wanted
+    ]
     result = dg.materialize(
-        [
-            a
-            for a in loaded.assets
-            if a.key.to_user_string() in {"dataset", "latent", "knn_graph", "projected"}
-        ],
+        [a for a in loaded.assets if a.key.to_user_string() in wanted] + checks,
         instance=instance,
         partition_key="byo",
         resources=loaded.resources,
     )
     assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert {c.check_name for c in checks} >= {
+        "latent_aligned_with_dataset",
+        "latent_vectors_finite",
+    }
+    assert all(c.passed for c in checks)
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     latent_meta = mats["latent"].materialization.metadata
     assert latent_meta["dagster/row_count"].value == 40
@@ -108,3 +116,15 @@ def test_downstream_without_upstream_says_what_to_materialize(store, arxiv, asse
     )
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "materialize the 'dataset' asset first" in failure.step_failure_data.error.message
+
+
+def test_alignment_problem_names_what_is_wrong():
+    import pyarrow as pa
+
+    from atlas_assets.defs.checks import alignment_problem
+
+    data = pa.table({"id": ["a", "b"], "text": ["x", "y"]})
+    assert alignment_problem(data, pa.table({"id": ["a", "b"], "x": [1, 2]})) is None
+    assert "1 rows" in alignment_problem(data, pa.table({"id": ["a"]}))
+    assert "order" in alignment_problem(data, pa.table({"id": ["b", "a"]}))
+    assert "id field" in alignment_problem(data, pa.table({"key": ["a", "b"]}))

@@ -105,6 +105,7 @@ def test_bad_batches_are_refused_and_write_nothing(ds, store, name):
         (np.array([[0.1, np.nan], [0.2, 0.3]]), "NaN or inf at rows \\[0\\]"),
         (np.array([[np.inf, 1.0], [0.2, 0.3]]), "NaN or inf at rows \\[0\\]"),
         (np.ones((3, 2)), "3 rows but the data has 2"),
+        (np.array([[0.0, 0.0], [0.2, 0.3]]), "all zero at rows \\[0\\]"),
         (np.ones(2), "2-D"),
     ],
 )
