@@ -20,16 +20,22 @@ def _rows(rows: Iterable[int]) -> str:
 
 
 def _plain_types(table: pa.Table) -> pa.Table:
-    """Large and dictionary-encoded strings as plain ones, so equal data has equal schemas."""
-    fields = []
-    for field in table.schema:
+    """Large and dictionary-encoded strings as plain ones, so equal data has equal schemas.
+
+    A column with no values at all (pandas reads an empty CSV column as float NaN) becomes the
+    null type, which takes the type of the other batches.
+    """
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
         kind = field.type
-        if pa.types.is_dictionary(kind):
-            kind = kind.value_type
-        if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
-            kind = pa.string()
-        fields.append(field.with_type(kind))
-    return table.cast(pa.schema(fields)) if fields != list(table.schema) else table
+        if table.num_rows and column.null_count == table.num_rows:
+            column = pa.nulls(table.num_rows)
+        elif pa.types.is_dictionary(kind):
+            column = column.cast(kind.value_type)
+        if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+            column = column.cast(pa.string())
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
 
 
 def to_table(data: Any) -> pa.Table:

@@ -196,7 +196,39 @@ class AtlasDataset:
 
         Calling it again with the same ``name`` (or none) rebuilds that map in place, keeping
         its tags. The run is recorded in the Dagster instance (``$DAGSTER_HOME``), so it shows
-        in the Dagster UI with logs and lineage.
+        in the Dagster UI with logs and lineage. Arguments as in :meth:`configure_index`.
+        """
+        map_name = self.configure_index(
+            name,
+            indexed_field,
+            topic_model=topic_model,
+            duplicate_detection=duplicate_detection,
+            embedding_model=embedding_model,
+            projection=projection,
+            reuse_embeddings_from_index=reuse_embeddings_from_index,
+        )
+        from atlas_assets.reader.run import materialize_map
+
+        materialize_map(self._paths)
+        return self.get_map(map_name)
+
+    def configure_index(
+        self,
+        name: str | None = None,
+        indexed_field: str | None = None,
+        *,
+        topic_model: Any = True,
+        duplicate_detection: Any = True,
+        embedding_model: Any = None,
+        projection: Any = None,
+        reuse_embeddings_from_index: str | None = None,
+    ) -> str:
+        """Validate and record the index configuration without building; returns the map name.
+
+        The next run of the dataset's partition (from the UI, a sensor or a schedule) builds it.
+        ``indexed_field`` is the text column to embed (kept from the current map if omitted);
+        the options take ``True``/``False``, a dict or their option model; unknown keys are a
+        ``ValueError``.
         """
         schema = shard_schema(self._paths)
         if schema is None:
@@ -258,10 +290,7 @@ class AtlasDataset:
                 **config,
             }
             update_meta(self._paths, maps=[entry])
-        from atlas_assets.reader.run import materialize_map
-
-        materialize_map(self._paths)
-        return self.get_map(map_name)
+        return map_name
 
     # -- reading ---------------------------------------------------------------------------
     def get_data(self, ids: list[str]) -> list[dict[str, Any]]:

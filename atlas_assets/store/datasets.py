@@ -69,13 +69,16 @@ def read_shards(
 
 
 def shard_schema(paths: DatasetPaths) -> pa.Schema | None:
-    """The user columns' schema of the stored shards (without internals)."""
+    """The user columns' schema over all stored shards (null-typed columns take others' types)."""
     files = paths.shard_files()
     if not files:
         return None
-    with pa.memory_map(str(files[0]), "r") as source:
-        schema = pa.ipc.open_file(source).schema
-    return pa.schema([f for f in schema if not f.name.startswith("_")])
+    schemas = []
+    for f in files:  # footers only: no data is read
+        with pa.memory_map(str(f), "r") as source:
+            schemas.append(pa.ipc.open_file(source).schema)
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    return pa.schema([f.remove_metadata() for f in schema if not f.name.startswith("_")])
 
 
 def stored_embedding_dim(paths: DatasetPaths) -> int | None:

@@ -3,6 +3,7 @@
 Layout under ``$ATLAS_HOME``::
 
     .dagster/                          default DAGSTER_HOME (runs, logs, lineage)
+    inbox/<dataset>/                   files dropped here are ingested by the discovery sensor
     cache/embeddings/<model-key>/      append-only (text hash -> vector) shards
     datasets/[<org>/]<slug>/
         dataset.json                   identity, id field and index configuration
@@ -164,6 +165,11 @@ def dataset_paths(identifier: str, home: Path | None = None) -> DatasetPaths:
 def embedding_cache_dir(model_key: str, home: Path | None = None) -> Path:
     """Where vectors of one model are cached by text hash."""
     return (home or atlas_home()) / "cache" / "embeddings" / model_key
+
+
+def inbox_dir(home: Path | None = None) -> Path:
+    """Drop folder: files in ``inbox/<dataset>/`` are ingested by the discovery sensor."""
+    return (home or atlas_home()) / "inbox"
 
 
 def list_datasets(home: Path | None = None) -> list[DatasetPaths]:

@@ -148,3 +148,15 @@ def test_create_index_needs_data(store):
 def test_existing_dataset_keeps_its_id_field(ds):
     with pytest.raises(ValueError, match="already uses id field 'id'"):
         AtlasDataset("rules", unique_id_field="other")
+
+
+def test_an_empty_column_takes_the_type_of_other_batches(store):
+    from atlas_assets.store.datasets import read_shards, shard_schema
+
+    ds = AtlasDataset("sparse", unique_id_field="id")
+    ds.add_data(pd.DataFrame({"id": ["1"], "text": ["a"], "note": [np.nan]}))
+    ds.add_data(pd.DataFrame({"id": ["2"], "text": ["b"], "note": ["written"]}))
+    assert shard_schema(ds._paths).field("note").type == pa.string()
+    assert read_shards(ds._paths).column("note").to_pylist() == [None, "written"]
+    with pytest.raises(ValueError, match="'note' has type int64"):
+        ds.add_data(pd.DataFrame({"id": ["3"], "text": ["c"], "note": [7]}))
