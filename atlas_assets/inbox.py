@@ -64,6 +64,36 @@ def ingest_file(path: Path, identifier: str) -> int:
     return len(frame)
 
 
+def refresh_source(identifier: str, home: Path | None = None) -> Ingested | None:
+    """Re-read a dataset's bound source; append rows with new ids. None if it has no source."""
+    from glob import glob
+
+    from atlas_assets.reader import AtlasDataset
+    from atlas_assets.store.datasets import load_meta, read_shards
+
+    paths = dataset_paths(identifier, home)
+    source = (load_meta(paths) or {}).get("source")
+    if not source:
+        return None
+    ds = AtlasDataset(paths.identifier)
+    id_field = ds.id_field
+    try:
+        frames = [read_table_file(f, id_field) for f in sorted(glob(source["glob"]))]
+        if not frames:
+            raise FileNotFoundError(f"no file matches {source['glob']!r}")
+        import pandas as pd
+
+        frame = pd.concat(frames, ignore_index=True)
+        stored = read_shards(paths, [id_field])
+        known = set(stored.column(id_field).to_pylist()) if stored is not None else set()
+        fresh = frame[~frame[id_field].astype(str).isin(known)]
+        if len(fresh):
+            ds.add_data(fresh)
+        return Ingested(paths.partition_key, source["glob"], rows=len(fresh))
+    except Exception as err:  # reported by the schedule; the stored data is untouched
+        return Ingested(paths.partition_key, source["glob"], error=f"{type(err).__name__}: {err}")
+
+
 def scan_inbox(home: Path | None = None) -> list[Ingested]:
     """Ingest every supported file waiting in the inbox, oldest first."""
     results = []

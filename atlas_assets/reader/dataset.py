@@ -292,6 +292,25 @@ class AtlasDataset:
             update_meta(self._paths, maps=[entry])
         return map_name
 
+    def bind_source(self, pattern: str) -> None:
+        """Bind the dataset to a file or glob (CSV, Parquet, JSONL) that the refresh schedule
+        re-reads: rows with ids not yet stored are appended; stored rows are kept as they are.
+
+        Needs the dataset's own ``unique_id_field``, since generated ids cannot tell new rows
+        from old. ``~`` and relative paths are resolved now.
+        """
+        from glob import glob
+        from pathlib import Path
+
+        if self.id_field == validate.GENERATED_ID_FIELD:
+            raise ValueError("a bound source needs unique_id_field: open the dataset with one")
+        resolved = str(Path(pattern).expanduser().resolve())
+        if not glob(resolved):
+            raise ValueError(f"no file matches {pattern!r}")
+        with locked(self._paths.lock):
+            update_meta(self._paths, source={"glob": resolved})
+        self._refresh()
+
     # -- reading ---------------------------------------------------------------------------
     def get_data(self, ids: list[str]) -> list[dict[str, Any]]:
         """Rows for ``ids``, in their order; unknown ids raise a ``KeyError`` listing them."""

@@ -6,7 +6,8 @@ import pyarrow.compute as pc
 from atlas_assets.defs.assets.common import ASSET_DEFAULTS
 from atlas_assets.defs.metadata import table_metadata
 from atlas_assets.defs.resources import AtlasStore
-from atlas_assets.store import write_resource
+from atlas_assets.lib.diff import id_changes
+from atlas_assets.store import read_resource, write_resource
 from atlas_assets.store.datasets import load_meta, read_shards, snapshot
 
 
@@ -33,6 +34,9 @@ def dataset(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Material
     ]
     table = table.select(columns)
     params = {"shards": names, "id_field": id_field}
+    previous = paths.resource("dataset")
+    before = read_resource(previous).column(0).to_pylist() if previous.is_file() else None
+    changes = id_changes(before, table.column(id_field).to_pylist())
     write_resource(
         paths.resource("dataset"), table, resource="dataset", dataset_version=version, params=params
     )
@@ -42,6 +46,8 @@ def dataset(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Material
             **table_metadata(table, seconds=perf_counter() - start),
             "dataset_version": version,
             "shards": len(names),
+            "rows_added": changes["added"],
+            "rows_removed": changes["removed"],
         },
         data_version=dg.DataVersion(version),
     )
