@@ -8,10 +8,11 @@ from atlas_assets.defs.assets.common import dataset_version
 from atlas_assets.defs.partitions import atlas_datasets
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.store import read_resource
+from atlas_assets.store.datasets import map_config
 from atlas_assets.store.files import matrix
 
 # Per-datum resources that must list exactly the dataset's ids, in its order.
-ALIGNED = ("latent", "knn_graph", "projected", "tags")
+ALIGNED = ("latent", "knn_graph", "projected", "topics", "duplicates", "tags")
 
 
 def alignment_problem(dataset: pa.Table, resource: pa.Table) -> str | None:
@@ -25,6 +26,12 @@ def alignment_problem(dataset: pa.Table, resource: pa.Table) -> str | None:
     return None
 
 
+def _disabled(paths, name: str) -> bool:
+    """Whether the map's configuration turned this optional resource off."""
+    option = {"duplicates": "duplicate_detection", "topics": "topic_model"}.get(name)
+    return option is not None and map_config(paths).get(option) is None
+
+
 def _aligned_check(name: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=name,
@@ -35,6 +42,8 @@ def _aligned_check(name: str) -> dg.AssetChecksDefinition:
     def check(context: dg.AssetCheckExecutionContext, store: AtlasStore) -> dg.AssetCheckResult:
         paths = store.paths(context.partition_key)
         version = dataset_version(paths)
+        if not paths.resource(name).is_file() and _disabled(paths, name):
+            return dg.AssetCheckResult(passed=True, metadata={"problem": "disabled for this map"})
         problem = alignment_problem(
             read_resource(paths.resource("dataset"), expected_version=version),
             read_resource(paths.resource(name), expected_version=version),
@@ -62,3 +71,46 @@ def latent_vectors_finite(
         passed=bad.size == 0,
         metadata={"dimensions": int(vectors.shape[1]), "bad_rows": bad[:20].tolist()},
     )
+
+
+def duplicate_class_problem(classes: np.ndarray, clusters: np.ndarray) -> str | None:
+    """Why duplicate classes break their invariants (None if they hold): exactly one retention
+    candidate per cluster of two or more, singletons alone in their cluster."""
+    sizes = np.bincount(clusters)
+    if (classes == "singleton").any() and (sizes[clusters[classes == "singleton"]] != 1).any():
+        return "a singleton shares its cluster"
+    multi = sizes[clusters] > 1
+    if (classes[~multi] != "singleton").any():
+        return "a datum alone in its cluster is not a singleton"
+    keepers = np.bincount(clusters[classes == "retention candidate"], minlength=len(sizes))
+    if (keepers[np.unique(clusters[multi])] != 1).any():
+        return "a cluster has no retention candidate or more than one"
+    return None
+
+
+@dg.asset_check(asset="duplicates", blocking=True, partitions_def=atlas_datasets)
+def duplicate_classes_consistent(
+    context: dg.AssetCheckExecutionContext, store: AtlasStore
+) -> dg.AssetCheckResult:
+    """Each cluster of two or more has exactly one retention candidate; singletons are alone."""
+    paths = store.paths(context.partition_key)
+    if not paths.resource("duplicates").is_file() and _disabled(paths, "duplicates"):
+        return dg.AssetCheckResult(passed=True, metadata={"problem": "disabled for this map"})
+    table = read_resource(paths.resource("duplicates"))
+    problem = duplicate_class_problem(
+        table.column("duplicate_class").to_numpy(zero_copy_only=False).astype(str),
+        table.column("cluster_id").to_numpy(),
+    )
+    return dg.AssetCheckResult(passed=problem is None, metadata={"problem": problem or "none"})
+
+
+@dg.asset_check(asset="topics", blocking=True, partitions_def=atlas_datasets)
+def every_datum_has_a_topic(
+    context: dg.AssetCheckExecutionContext, store: AtlasStore
+) -> dg.AssetCheckResult:
+    """Every datum has a depth-1 topic (noise is assigned, never dropped)."""
+    paths = store.paths(context.partition_key)
+    if not paths.resource("topics").is_file() and _disabled(paths, "topics"):
+        return dg.AssetCheckResult(passed=True, metadata={"missing": 0})
+    missing = read_resource(paths.resource("topics")).column("topic_depth_1").null_count
+    return dg.AssetCheckResult(passed=missing == 0, metadata={"missing": int(missing)})

@@ -257,6 +257,16 @@ class AtlasDataset:
         embed_opts = coerce_options(
             NomicEmbedOptions, embedding_model or True, argument="embedding_model"
         )
+        dup_opts = coerce_options(
+            NomicDuplicatesOptions, duplicate_detection, argument="duplicate_detection"
+        )
+        keep_field = dup_opts.keep.partition(":")[2] if dup_opts else ""
+        if keep_field and keep_field not in schema.names:
+            raise ValueError(
+                f"duplicate_detection keep={dup_opts.keep!r}: no column {keep_field!r}"
+            )
+        if dup_opts and dup_opts.keep == "longest" and indexed_field is None:
+            raise ValueError("duplicate_detection keep='longest' needs an indexed_field")
         config = {
             "indexed_field": indexed_field,
             "embedding": embed_opts.model_dump(),
@@ -266,11 +276,7 @@ class AtlasDataset:
             "topic_model": _dump(
                 coerce_options(NomicTopicOptions, topic_model, argument="topic_model")
             ),
-            "duplicate_detection": _dump(
-                coerce_options(
-                    NomicDuplicatesOptions, duplicate_detection, argument="duplicate_detection"
-                )
-            ),
+            "duplicate_detection": _dump(dup_opts),
             "reuse_embeddings_from_index": reuse_embeddings_from_index,
         }
         with locked(self._paths.lock):

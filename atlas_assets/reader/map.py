@@ -18,7 +18,9 @@ from atlas_assets.store.files import matrix
 
 if TYPE_CHECKING:
     from atlas_assets.reader.dataset import AtlasDataset
+    from atlas_assets.reader.duplicates import AtlasMapDuplicates
     from atlas_assets.reader.tags import AtlasMapTags
+    from atlas_assets.reader.topics import AtlasMapTopics
 
 
 class AtlasMap:
@@ -70,6 +72,18 @@ class AtlasMap:
     @cached_property
     def embeddings(self) -> AtlasMapEmbeddings:
         return AtlasMapEmbeddings(self)
+
+    @cached_property
+    def topics(self) -> AtlasMapTopics:
+        from atlas_assets.reader.topics import AtlasMapTopics
+
+        return AtlasMapTopics(self)
+
+    @cached_property
+    def duplicates(self) -> AtlasMapDuplicates:
+        from atlas_assets.reader.duplicates import AtlasMapDuplicates
+
+        return AtlasMapDuplicates(self)
 
     @cached_property
     def tags(self) -> AtlasMapTags:

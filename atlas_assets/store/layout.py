@@ -149,6 +149,12 @@ class DatasetPaths:
             raise ValueError(f"unknown resource {name!r}; expected one of {RESOURCES}")
         return self.resources / f"{name}.arrow"
 
+    def resource_part(self, name: str, part: str) -> Path:
+        """A second table of a resource (e.g. the duplicate pairs), versioned with it."""
+        if not part.isidentifier():
+            raise ValueError(f"invalid resource part {part!r}")
+        return self.resource(name).with_suffix(f".{part}.arrow")
+
     def shard_files(self) -> list[Path]:
         """Source shards in upload order (their names start with a sequence number)."""
         return sorted(self.shards.glob("[0-9]*.arrow")) if self.shards.is_dir() else []

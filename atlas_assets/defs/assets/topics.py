@@ -1,0 +1,146 @@
+from time import perf_counter
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from atlas_assets.defs.assets.common import (
+    ASSET_DEFAULTS,
+    data_version,
+    dataset_version,
+    read_input,
+)
+from atlas_assets.defs.assets.projected import read_knn
+from atlas_assets.defs.metadata import png_markdown, table_metadata
+from atlas_assets.defs.resources import AtlasStore
+from atlas_assets.lib.diff import label_changes
+from atlas_assets.lib.plot import map_png
+from atlas_assets.lib.topic_tables import datum_labels, hierarchy_table, topic_metadata, trim_depth
+from atlas_assets.lib.topics import build_topic_tree
+from atlas_assets.options import NomicTopicOptions
+from atlas_assets.store import read_resource, write_resource
+from atlas_assets.store.datasets import map_config
+from atlas_assets.store.files import matrix
+
+TOPIC_RESOURCES = ("topics", "metadata", "hierarchy")
+_SPEC = {
+    "deps": ["dataset", "latent", "knn_graph", "projected"],
+    "group_name": ASSET_DEFAULTS["group_name"],
+    "kinds": {"python", "networkx", "arrow"},
+    "code_version": "topics-v1",
+}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "topics",
+            description="Each datum's topic label at every depth: "
+            "[id, topic_depth_1, ..., topic_depth_D], in dataset order.",
+            **_SPEC,
+        ),
+        dg.AssetSpec(
+            "metadata",
+            description="One row per topic: depth, id, keywords "
+            "(topic_description) and label (topic_short_description).",
+            **_SPEC,
+        ),
+        dg.AssetSpec(
+            "hierarchy",
+            description="The topic tree: every topic with its parent and size.",
+            **_SPEC,
+        ),
+    ],
+    partitions_def=ASSET_DEFAULTS["partitions_def"],
+    can_subset=False,
+)
+def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
+    """Hierarchical topics (2-3 depths) from Louvain communities of the shared kNN graph.
+
+    Depth-1 topics split the whole graph, deeper ones split within their parent, so they nest
+    and appear as regions of the map. Keywords are class-based TF-IDF against sibling topics;
+    labels are the best keywords, unique within a depth.
+    """
+    start = perf_counter()
+    paths = store.paths(context.partition_key)
+    version = dataset_version(paths)
+    config = map_config(paths)
+    options = NomicTopicOptions(**(config.get("topic_model") or {"build_topic_model": False}))
+    if not options.build_topic_model:
+        for name in TOPIC_RESOURCES:
+            paths.resource(name).unlink(missing_ok=True)
+        for name in TOPIC_RESOURCES:
+            yield dg.MaterializeResult(asset_key=name, metadata={"enabled": False})
+        return
+    data = read_input(paths, "dataset", version)
+    latent = matrix(read_input(paths, "latent", version).column("embedding"))
+    knn = read_knn(read_input(paths, "knn_graph", version))
+    projected = read_input(paths, "projected", version)
+    coords = np.column_stack([projected.column("x").to_numpy(), projected.column("y").to_numpy()])
+    field = options.topic_label_field or config.get("indexed_field")
+    texts = (
+        data.column(field).cast(pa.string()).fill_null("").to_pylist()
+        if field
+        else [""] * data.num_rows
+    )
+    tree = trim_depth(build_topic_tree(latent, knn, coords, texts, seed=options.seed))
+
+    id_field = data.column_names[0]
+    labels = datum_labels(tree)
+    per_datum = pa.table({id_field: data.column(id_field), **labels})
+    previous = paths.resource("topics")
+    before = read_resource(previous).to_pandas() if previous.is_file() else None
+    params = {**options.model_dump(), "label_field": field, "depth": tree.depth}
+    tables = {
+        "topics": per_datum,
+        "metadata": topic_metadata(tree),
+        "hierarchy": hierarchy_table(tree),
+    }
+    for name, table in tables.items():
+        write_resource(
+            paths.resource(name), table, resource=name, dataset_version=version, params=params
+        )
+    seconds = perf_counter() - start
+
+    depth1 = tree.topics[tree.topics["depth"] == 1].sort_values("size", ascending=False)
+    centroids = [
+        (*coords[tree.assignments[:, 0] == tid].mean(axis=0), label)
+        for tid, label in zip(depth1["topic_id"], depth1["label"], strict=True)
+    ]
+    largest = {
+        f"depth {d}": [f"{r.label} ({r.size})" for r in g.nlargest(5, "size").itertuples()]
+        for d, g in tree.topics.groupby("depth")
+    }
+    summary = {
+        "topics_per_depth": dg.MetadataValue.json(
+            {f"depth {d}": int(n) for d, n in tree.topics.groupby("depth").size().items()}
+        ),
+        "largest_topics": dg.MetadataValue.json(largest),
+        "map": png_markdown(
+            map_png(
+                coords,
+                title=f"{paths.identifier}: depth-1 topics",
+                colors=tree.assignments[:, 0],
+                labels=centroids,
+            )
+        ),
+    }
+    if before is not None:
+        summary["diff_depth_1"] = dg.MetadataValue.json(
+            label_changes(
+                before[id_field],
+                before["topic_depth_1"],
+                data.column(id_field).to_pylist(),
+                labels["topic_depth_1"].to_pylist(),
+            )
+        )
+    context.log.info(f"{len(tree.topics)} topics over {tree.depth} depths")
+    for name, table in tables.items():
+        yield dg.MaterializeResult(
+            asset_key=name,
+            metadata={
+                **table_metadata(table, seconds=seconds, params=params),
+                **(summary if name == "topics" else {}),
+            },
+            data_version=data_version(version, params),
+        )

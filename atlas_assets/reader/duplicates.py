@@ -1,0 +1,64 @@
+"""``AtlasMapDuplicates``: semantic duplicate clusters and the pairs behind them."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from atlas_assets.store import read_resource
+
+if TYPE_CHECKING:
+    from atlas_assets.reader.map import AtlasMap
+
+
+class AtlasMapDuplicates:
+    """Every datum's duplicate cluster and class (``singleton``, ``retention candidate`` or
+    ``deletion candidate``).
+
+    Two datums share a cluster when their latent vectors are within ``duplicate_cutoff`` cosine
+    distance, directly or through a chain of such pairs. Each cluster of two or more keeps one
+    retention candidate, chosen by the map's keep rule (default: the first datum in upload
+    order); removing every deletion candidate semantically deduplicates the dataset.
+    """
+
+    def __init__(self, atlas_map: AtlasMap) -> None:
+        if atlas_map.config.get("duplicate_detection", True) is None:
+            raise ValueError(
+                "duplicate detection is off for this map: rebuild it with "
+                "create_index(duplicate_detection=True)"
+            )
+        self._map = atlas_map
+
+    @cached_property
+    def tb(self) -> pa.Table:
+        """``[id, duplicate_class, cluster_id]``, memory-mapped, in dataset order."""
+        return self._map.read("duplicates")
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """``[id, duplicate_class, cluster_id]`` as a DataFrame."""
+        return self.tb.to_pandas()
+
+    def deletion_candidates(self) -> list[str]:
+        """Ids of the datums that can be deleted to deduplicate the dataset."""
+        mask = pc.equal(self.tb.column("duplicate_class"), "deletion candidate")
+        return self.tb.column(0).filter(mask).to_pylist()
+
+    def pairs(self) -> pd.DataFrame:
+        """Every pair within the cutoff, ``[<id>_a, <id>_b, distance]``: see what sits near it."""
+        path = self._map._paths.resource_part("duplicates", "pairs")
+        return read_resource(path, expected_version=self._map.version).to_pandas()
+
+    @property
+    def cutoff(self) -> float:
+        return float(self._map.config["duplicate_detection"]["duplicate_cutoff"])
+
+    def __repr__(self) -> str:
+        classes = self.tb.column("duplicate_class")
+        deletions = pc.sum(pc.equal(classes, "deletion candidate")).as_py() or 0
+        clusters = pc.sum(pc.equal(classes, "retention candidate")).as_py() or 0
+        return f"{deletions} deletion candidates in {clusters} clusters"

@@ -1,0 +1,171 @@
+"""Unit tests of the topic tree on tiny synthetic data with known cluster structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from atlas_assets.lib.knn import knn_graph
+from atlas_assets.lib.topics import (
+    TopicTree,
+    _unique_labels,
+    build_topic_tree,
+    keyword_labeller,
+)
+
+VOCABS = [
+    ["galaxy", "telescope", "nebula", "orbit", "comet", "stellar"],
+    ["violin", "orchestra", "symphony", "melody", "concerto", "tempo"],
+    ["tomato", "basil", "oven", "recipe", "garlic", "pasta"],
+    ["goalkeeper", "striker", "league", "penalty", "stadium", "referee"],
+]
+FILLER = ["the", "and", "with", "about", "this", "very", "some"]
+
+
+def blobs(
+    n_per: int = 40, n_sub: int = 2, dim: int = 24, seed: int = 0
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Unit vectors in 4 well-separated blobs, each made of ``n_sub`` tighter sub-blobs.
+
+    Returns ``(latent, texts, blob, sub)``; a blob's texts draw from its own vocabulary.
+    """
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[: len(VOCABS)] * 4.0
+    vecs, texts, blob, sub = [], [], [], []
+    for b, words in enumerate(VOCABS):
+        for s in range(n_sub):
+            offset = rng.normal(size=dim)
+            offset[: len(VOCABS)] = 0  # keep sub-blobs inside their blob's direction
+            centre = centres[b] + 0.5 * offset / np.linalg.norm(offset)
+            m = n_per // n_sub
+            vecs.append(centre + 0.15 * rng.normal(size=(m, dim)))
+            half = words[:3] if s == 0 else words[3:]
+            for _ in range(m):
+                picks = list(rng.choice(half, 3)) + list(rng.choice(words, 2))
+                texts.append(" ".join(picks + list(rng.choice(FILLER, 3))))
+            blob += [b] * m
+            sub += [b * n_sub + s] * m
+    latent = np.vstack(vecs).astype(np.float32)
+    latent /= np.linalg.norm(latent, axis=1, keepdims=True)
+    return latent, texts, np.array(blob), np.array(sub)
+
+
+def build(latent, texts, k=10, **kw) -> TopicTree:
+    knn = knn_graph(latent, k)
+    coords = latent[:, :2].copy()
+    return build_topic_tree(latent, knn, coords, texts, **kw)
+
+
+def check_invariants(tree: TopicTree, n: int) -> None:
+    a, t = tree.assignments, tree.topics
+    assert a.dtype == np.int64 and a.shape[0] == n and a.shape[1] in (2, 3)
+    assert list(t.columns) == ["topic_id", "depth", "parent_id", "label", "keywords", "size"]
+    assert (a[:, 0] >= 0).all()
+    assert t.topic_id.is_unique
+    by_id = t.set_index("topic_id")
+    for d in range(1, a.shape[1]):
+        # -1 exactly where the topic above has no subtopics
+        parents_with_children = set(t[t.depth == d + 1].parent_id)
+        above = a[:, d - 1]
+        has = np.array([p in parents_with_children for p in above])
+        assert ((a[:, d] == -1) == (~has | (above == -1))).all()
+        assert not ((above == -1) & (a[:, d] != -1)).any()
+        rows = a[:, d] >= 0
+        # each child's parent is the topic its rows have at the level above
+        assert (by_id.loc[a[rows, d], "parent_id"].to_numpy() == above[rows]).all()
+        assert (by_id.loc[a[rows, d], "depth"].to_numpy() == d + 1).all()
+    assert (t[t.depth == 1].parent_id == -1).all()
+    for d, group in t.groupby("depth"):
+        assert group.label.is_unique
+        assert all(isinstance(x, str) and x for x in group.label)
+        counts = pd.Series(a[:, d - 1][a[:, d - 1] >= 0]).value_counts()
+        assert (group.set_index("topic_id")["size"] == counts.reindex(group.topic_id)).all()
+    assert all(isinstance(k, list) and len(k) <= 10 for k in t.keywords)
+
+
+def test_recovers_blobs_and_sub_blobs():
+    from sklearn.metrics import adjusted_rand_score
+
+    latent, texts, blob, sub = blobs(n_per=60, n_sub=2)
+    tree = build(latent, texts)
+    check_invariants(tree, len(texts))
+    assert tree.assignments.shape == (len(texts), 3)
+    assert adjusted_rand_score(blob, tree.assignments[:, 0]) > 0.9
+    assert adjusted_rand_score(sub, tree.assignments[:, 1]) > 0.75
+
+
+def test_keywords_differentiate():
+    latent, texts, blob, _ = blobs()
+    tree = build(latent, texts)
+    top = tree.topics[tree.topics.depth == 1]
+    for _, row in top.iterrows():
+        members = tree.assignments[:, 0] == row.topic_id
+        b = np.bincount(blob[members]).argmax()
+        assert set(row.keywords[:6]) & set(VOCABS[b]), (row.label, row.keywords)
+        others = {w for i, v in enumerate(VOCABS) if i != b for w in v}
+        assert not set(row.keywords[:3]) & others
+        assert not set(row.keywords) & {"the", "and", "with", "about", "this"}  # stop words
+
+
+def test_deterministic_for_seed():
+    latent, texts, _, _ = blobs()
+    a = build(latent, texts, seed=3)
+    b = build(latent, texts, seed=3)
+    assert np.array_equal(a.assignments, b.assignments)
+    pd.testing.assert_frame_equal(a.topics, b.topics)
+
+
+def test_outliers_are_assigned_not_dropped():
+    latent, texts, _, _ = blobs()
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=(8, latent.shape[1])).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    latent = np.vstack([latent, noise])
+    texts = texts + ["random noise words here"] * 8
+    tree = build(latent, texts)
+    check_invariants(tree, len(texts))
+    assert tree.topics[tree.topics.depth == 1]["size"].sum() == len(texts)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 30])
+def test_small_n(n):
+    latent, texts, _, _ = blobs(n_per=10)
+    latent, texts = latent[:: max(1, len(texts) // n)][:n], texts[:: max(1, len(texts) // n)][:n]
+    tree = build(latent, texts, k=10, max_depth=2)
+    check_invariants(tree, n)
+    assert tree.assignments.shape == (n, 2)
+    assert (tree.topics.depth == 1).sum() >= 1
+
+
+def test_empty_and_stopword_only_texts():
+    latent, _, _, _ = blobs(n_per=10)
+    texts = ["the and of"] * len(latent)
+    tree = build(latent, texts)
+    check_invariants(tree, len(texts))
+    assert build(latent[:0], []).topics.empty
+
+
+def test_validation():
+    latent, texts, _, _ = blobs(n_per=10)
+    with pytest.raises(ValueError):
+        build(latent, texts, max_depth=4)
+    with pytest.raises(ValueError):
+        build(latent, texts[:-1])
+
+
+def test_custom_labeller_and_unique_labels():
+    latent, texts, _, _ = blobs()
+    tree = build(latent, texts, labeller=lambda kw, central: "Same")
+    for _, group in tree.topics.groupby("depth"):
+        labels = list(group.label)
+        assert labels[0] == "Same" and len(set(labels)) == len(labels)
+        assert all(x == "Same" or x.startswith("Same (") for x in labels)
+    assert _unique_labels(["A", "A (2)", "A"]) == ["A", "A (2)", "A (3)"]
+
+
+def test_keyword_labeller():
+    label = keyword_labeller(["tennis", "nadal", "open", "serve"], ["Nadal wins the open"])
+    assert label == "Tennis, Nadal, Open"
+    assert keyword_labeller([], []) == "Miscellaneous"
+    assert keyword_labeller(["NASA", "rocket"], []) == "NASA, Rocket"
