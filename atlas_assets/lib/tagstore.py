@@ -416,6 +416,26 @@ class TagStore:
                 ).rowcount
             return added
 
+    def replace_members(self, tag: str, ids: Iterable[str], *, description: str = "") -> int:
+        """Make ``ids`` exactly the members of ``tag`` (created if needed), in one transaction.
+
+        For tags derived from a resource (e.g. duplicate candidates), so readers never see the
+        tag half rewritten. Returns the new member count.
+        """
+        name = _normalize_tags(tag)[0]
+        id_list = _normalize_ids(ids)
+        self._check_valid_ids(id_list)
+        with self._transaction(write=True) as con:
+            seq = self._create_in(con, name, description=description)
+            con.execute("DELETE FROM memberships WHERE tag_seq = ?", (seq,))
+            self._load_batch(con, id_list)
+            con.execute(
+                "INSERT OR IGNORE INTO memberships (tag_seq, datum_id) "
+                "SELECT ?, datum_id FROM temp._batch",
+                (seq,),
+            )
+        return len(set(id_list))
+
     def remove(
         self,
         ids: Iterable[str] | None,

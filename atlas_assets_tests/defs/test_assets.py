@@ -14,11 +14,29 @@ from atlas_assets.store import dataset_paths, resource_info
 from atlas_assets.store.datasets import update_meta
 
 
+def names(asset: dg.AssetsDefinition) -> set[str]:
+    return {key.to_user_string() for key in asset.keys}
+
+
+def asset_named(defs_: dg.Definitions, name: str) -> dg.AssetsDefinition:
+    return next(a for a in defs_.assets if name in names(a))
+
+
 def test_definitions_load():
     loaded = defs()
     dg.Definitions.validate_loadable(loaded)
-    keys = {a.key.to_user_string() for a in loaded.assets}
-    assert {"dataset", "latent", "knn_graph", "projected", "tags"} <= keys
+    keys = {name for a in loaded.assets for name in names(a)}
+    assert keys == {
+        "dataset",
+        "latent",
+        "knn_graph",
+        "projected",
+        "topics",
+        "metadata",
+        "hierarchy",
+        "duplicates",
+        "tags",
+    }
     assert loaded.resolve_job_def("build_map").partitions_def == atlas_datasets
 
 
@@ -40,7 +58,7 @@ def test_materialize_partition_with_uploaded_embeddings(store, arxiv):
         if {k.asset_key.to_user_string() for k in c.check_keys} <= wanted
     ]
     result = dg.materialize(
-        [a for a in loaded.assets if a.key.to_user_string() in wanted] + checks,
+        [a for a in loaded.assets if names(a) <= wanted] + checks,
         instance=instance,
         partition_key="byo",
         resources=loaded.resources,
@@ -74,7 +92,7 @@ def test_unknown_or_invalid_partition_fails_clearly(store):
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(atlas_datasets.name, ["ghost", "bad..key"])
     loaded = defs()
-    dataset_asset = next(a for a in loaded.assets if a.key.to_user_string() == "dataset")
+    dataset_asset = asset_named(loaded, "dataset")
     for key, message in (("ghost", "has no data"), ("bad..key", "invalid dataset identifier")):
         result = dg.materialize(
             [dataset_asset],
@@ -106,7 +124,7 @@ def test_downstream_without_upstream_says_what_to_materialize(store, arxiv, asse
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(atlas_datasets.name, ["partial"])
     loaded = defs()
-    target = next(a for a in loaded.assets if a.key.to_user_string() == asset)
+    target = asset_named(loaded, asset)
     result = dg.materialize(
         [target],
         instance=instance,

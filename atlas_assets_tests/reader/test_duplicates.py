@@ -59,6 +59,13 @@ def test_curation_recipe_from_the_reference(with_copies, store):
     assert len(clean_map.data.df) == len(frame)
 
 
+def test_tag_duplicates_keeps_a_derived_tag(with_copies):
+    _, atlas_map, _ = with_copies
+    # built with the defaults: tag_duplicates=True
+    tagged = atlas_map.tags.get_datums_in_tag("duplicates: deletion candidates")
+    assert sorted(tagged) == ["copy-3", "copy-7"]
+
+
 def test_keep_rule_and_disabled_detection(with_copies):
     ds, _, frame = with_copies
     atlas_map = ds.create_index(

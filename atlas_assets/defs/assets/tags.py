@@ -15,8 +15,12 @@ from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.store import write_resource
 
 
+# After duplicates, so the snapshot includes its derived tag (tag_duplicates).
 @dg.asset(
-    deps=["dataset"], kinds={"python", "sqlite", "arrow"}, code_version="tags-v1", **ASSET_DEFAULTS
+    deps=["dataset", "duplicates"],
+    kinds={"python", "sqlite", "arrow"},
+    code_version="tags-v1",
+    **ASSET_DEFAULTS,
 )
 def tags(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
     """A snapshot of the live tag store: ``[id, <one bool column per tag>]`` in dataset order.
