@@ -114,3 +114,30 @@ def every_datum_has_a_topic(
         return dg.AssetCheckResult(passed=True, metadata={"missing": 0})
     missing = read_resource(paths.resource("topics")).column("topic_depth_1").null_count
     return dg.AssetCheckResult(passed=missing == 0, metadata={"missing": int(missing)})
+
+
+@dg.asset_check(asset="tags", partitions_def=atlas_datasets)
+def tags_refer_to_existing_ids(
+    context: dg.AssetCheckExecutionContext, store: AtlasStore
+) -> dg.AssetCheckResult:
+    """Warns when the tag store holds ids that are not in the dataset (e.g. after a rebuild
+    from a smaller source); the map shows only tags of its own datums."""
+    from atlas_assets.lib.tagstore import TagStore
+
+    paths = store.paths(context.partition_key)
+    if not paths.tag_db.exists():
+        return dg.AssetCheckResult(passed=True, metadata={"unknown_ids": 0})
+    known = set(read_resource(paths.resource("dataset")).column(0).to_pylist())
+    tag_store = TagStore(paths.tag_db)
+    unknown = {
+        name: sorted(set(tag_store.get_datums_in_tag(name)) - known) for name in tag_store.counts()
+    }
+    unknown = {name: ids for name, ids in unknown.items() if ids}
+    return dg.AssetCheckResult(
+        passed=not unknown,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "unknown_ids": sum(len(v) for v in unknown.values()),
+            "examples": dg.MetadataValue.json({k: v[:5] for k, v in unknown.items()}),
+        },
+    )

@@ -146,3 +146,28 @@ def test_alignment_problem_names_what_is_wrong():
     assert "1 rows" in alignment_problem(data, pa.table({"id": ["a"]}))
     assert "order" in alignment_problem(data, pa.table({"id": ["b", "a"]}))
     assert "id field" in alignment_problem(data, pa.table({"key": ["a", "b"]}))
+
+
+def test_tags_check_warns_about_ids_not_in_the_dataset(store, arxiv):
+    from atlas_assets.lib.tagstore import TagStore
+
+    ds = AtlasDataset("tagcheck", unique_id_field="arxiv_id")
+    ds.add_data(arxiv.head(4))
+    TagStore(ds._paths.tag_db).add([arxiv["arxiv_id"][0], "gone-1"], "t")  # no id validation
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(atlas_datasets.name, ["tagcheck"])
+    loaded = defs()
+    check = next(
+        c
+        for c in loaded.asset_checks
+        if "tags_refer_to_existing_ids" in {k.name for k in c.check_keys}
+    )
+    result = dg.materialize(
+        [asset_named(loaded, "dataset"), asset_named(loaded, "tags"), check],
+        instance=instance,
+        partition_key="tagcheck",
+        resources=loaded.resources,
+    )
+    evaluation = result.get_asset_check_evaluations()[0]
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.metadata["unknown_ids"].value == 1
