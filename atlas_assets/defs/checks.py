@@ -26,10 +26,16 @@ def alignment_problem(dataset: pa.Table, resource: pa.Table) -> str | None:
     return None
 
 
-def _disabled(paths, name: str) -> bool:
-    """Whether the map's configuration turned this optional resource off."""
-    option = {"duplicates": "duplicate_detection", "topics": "topic_model"}.get(name)
-    return option is not None and map_config(paths).get(option) is None
+def _skipped(paths, name: str) -> dg.AssetCheckResult | None:
+    """A passing result when the map's configuration turned this optional resource off."""
+    config = map_config(paths)
+    off = {
+        "duplicates": config.get("duplicate_detection") is None,
+        "topics": not (config.get("topic_model") or {}).get("build_topic_model", False),
+    }.get(name, False)
+    if off and not paths.resource(name).is_file():
+        return dg.AssetCheckResult(passed=True, metadata={"problem": "disabled for this map"})
+    return None
 
 
 def _aligned_check(name: str) -> dg.AssetChecksDefinition:
@@ -42,8 +48,8 @@ def _aligned_check(name: str) -> dg.AssetChecksDefinition:
     def check(context: dg.AssetCheckExecutionContext, store: AtlasStore) -> dg.AssetCheckResult:
         paths = store.paths(context.partition_key)
         version = dataset_version(paths)
-        if not paths.resource(name).is_file() and _disabled(paths, name):
-            return dg.AssetCheckResult(passed=True, metadata={"problem": "disabled for this map"})
+        if skipped := _skipped(paths, name):
+            return skipped
         problem = alignment_problem(
             read_resource(paths.resource("dataset"), expected_version=version),
             read_resource(paths.resource(name), expected_version=version),
@@ -94,8 +100,8 @@ def duplicate_classes_consistent(
 ) -> dg.AssetCheckResult:
     """Each cluster of two or more has exactly one retention candidate; singletons are alone."""
     paths = store.paths(context.partition_key)
-    if not paths.resource("duplicates").is_file() and _disabled(paths, "duplicates"):
-        return dg.AssetCheckResult(passed=True, metadata={"problem": "disabled for this map"})
+    if skipped := _skipped(paths, "duplicates"):
+        return skipped
     table = read_resource(paths.resource("duplicates"))
     problem = duplicate_class_problem(
         table.column("duplicate_class").to_numpy(zero_copy_only=False).astype(str),
@@ -110,8 +116,8 @@ def every_datum_has_a_topic(
 ) -> dg.AssetCheckResult:
     """Every datum has a depth-1 topic (noise is assigned, never dropped)."""
     paths = store.paths(context.partition_key)
-    if not paths.resource("topics").is_file() and _disabled(paths, "topics"):
-        return dg.AssetCheckResult(passed=True, metadata={"missing": 0})
+    if skipped := _skipped(paths, "topics"):
+        return skipped
     missing = read_resource(paths.resource("topics")).column("topic_depth_1").null_count
     return dg.AssetCheckResult(passed=missing == 0, metadata={"missing": int(missing)})
 
