@@ -192,22 +192,34 @@ def _knn_adjacency(knn: KnnGraph, n: int) -> sp.csr_matrix:
 
 
 def _louvain(A: sp.csr_matrix, resolution: float, seed: int) -> np.ndarray:
-    """Louvain community labels (0..c-1, largest community first) of a weighted graph."""
-    import networkx as nx
+    """Louvain community labels (0..c-1, largest community first) of a weighted graph.
+
+    igraph's C implementation (the whole AG News tree, 7,600 rows: 4.9 s against 28.7 s with
+    networkx, same NMI). It draws from Python's ``random``, so seeding that makes it
+    deterministic.
+    """
+    import random
+
+    import igraph as ig
 
     n = A.shape[0]
-    G = nx.Graph()
-    G.add_nodes_from(range(n))
     coo = sp.triu(A, k=1).tocoo()
-    G.add_weighted_edges_from(
-        zip(coo.row.tolist(), coo.col.tolist(), coo.data.tolist(), strict=True)
-    )
-    comms = nx.community.louvain_communities(G, weight="weight", resolution=resolution, seed=seed)
-    comms = sorted((sorted(c) for c in comms), key=lambda c: (-len(c), c[0]))
-    labels = np.empty(n, np.int64)
-    for i, c in enumerate(comms):
-        labels[c] = i
-    return labels
+    graph = ig.Graph(n=n, edges=np.column_stack([coo.row, coo.col]).tolist())
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        parts = graph.community_multilevel(weights=coo.data.tolist(), resolution=resolution)
+    finally:
+        random.setstate(state)
+    membership = np.asarray(parts.membership, dtype=np.int64)
+    # Renumber largest first (ties by first row), independent of igraph's numbering.
+    sizes = np.bincount(membership)
+    first = np.full(len(sizes), n)
+    np.minimum.at(first, membership, np.arange(n))
+    order = np.lexsort((first, -sizes))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[membership]
 
 
 def _min_topic_size(n: int) -> int:

@@ -26,7 +26,7 @@ TOPIC_RESOURCES = ("topics", "metadata", "hierarchy")
 _SPEC = {
     "deps": ["dataset", "latent", "knn_graph", "projected"],
     "group_name": ASSET_DEFAULTS["group_name"],
-    "kinds": {"python", "networkx", "arrow"},
+    "kinds": {"python", "igraph", "arrow"},
     "code_version": "topics-v1",
 }
 
