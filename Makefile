@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export ATLAS_HOME ?= $(CURDIR)/data/store
 export DAGSTER_HOME ?= $(ATLAS_HOME)/.dagster
 
-.PHONY: setup demo test lint dev bench
+.PHONY: setup browser demo test lint dev bench
 
 # torch first, pinned to the CPU build on this machine's disk: a bare requirement pulls CUDA.
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Debian's Chromium for the explorer's browser tests (playwright's own browser download cannot
+# work here). Needs root, as CI has; elsewhere those tests skip, saying why.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "warning: chromium not installed; the explorer's browser tests will be skipped"
+
 demo: setup
 	$(BIN)/atlas demo
 
@@ -25,7 +31,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 dev: setup

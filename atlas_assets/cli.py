@@ -146,6 +146,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from atlas_assets.explorer.server import serve
+
+    return serve(args.dataset, host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atlas",
@@ -190,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--file", type=Path, default=_sample_file(), help=argparse.SUPPRESS)
     demo.add_argument("--rows", type=int, help="use only the first N abstracts")
     demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="open a dataset's map in the browser (prints the URL)")
+    serve.add_argument("dataset")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

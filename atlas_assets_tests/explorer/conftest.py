@@ -1,0 +1,119 @@
+"""Fixtures for the explorer: one real built map with an HTML payload datum, a live server on a
+free loopback port, and Debian's Chromium driven by playwright."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from atlas_assets_tests.conftest import store_at
+
+CHROMIUM = Path("/usr/bin/chromium")
+PAYLOAD = "<img src=x onerror=alert(1)><script>alert(2)</script> & \"quotes\" 'too'"
+PAYLOAD_ID = "xss-payload"
+DATASET = "explorer-test"
+
+
+@dataclass
+class ExplorerMap:
+    """The test store and its one map: ``ids`` in map order, the payload datum's index."""
+
+    root: Path
+    dataset: str
+    ids: list[str]
+    payload_index: int
+
+
+@pytest.fixture(scope="package")
+def explorer_map(tmp_path_factory: pytest.TempPathFactory, arxiv: pd.DataFrame):
+    """A real map (through Dagster) of 300 arXiv titles plus one HTML/script payload datum.
+
+    Titles, not abstracts: short texts embed ~10x faster, and 300 rows give the topic model
+    two levels, so labels can change with zoom.
+
+    ATLAS_HOME points at its store for the whole package, since the server reads through it.
+    """
+    from atlas_assets import AtlasDataset
+
+    frame = arxiv.head(300).reset_index(drop=True)
+    payload = {column: None for column in frame.columns}
+    payload.update(arxiv_id=PAYLOAD_ID, title=PAYLOAD, abstract=PAYLOAD)
+    frame = pd.concat([frame, pd.DataFrame([payload])], ignore_index=True)
+    for column in frame.columns:  # all-None cells would otherwise make an object column of NaN
+        if frame[column].dtype == object:
+            frame[column] = frame[column].astype("string")
+    with store_at(tmp_path_factory.mktemp("explorer")) as root:
+        ds = AtlasDataset(DATASET, unique_id_field="arxiv_id")
+        ds.add_data(frame)
+        atlas_map = ds.create_index(indexed_field="title")
+        ids = atlas_map.data.tb.column(0).to_pylist()
+        yield ExplorerMap(root, DATASET, ids, ids.index(PAYLOAD_ID))
+
+
+@pytest.fixture(scope="package")
+def server_url(explorer_map: ExplorerMap) -> Iterator[str]:
+    """The explorer served by uvicorn in a thread on a free loopback port."""
+    import uvicorn
+
+    from atlas_assets.explorer.server import bind_socket, create_app, url_for
+
+    sock = bind_socket("127.0.0.1", 0)
+    app = create_app(explorer_map.dataset)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the explorer server did not start")
+        time.sleep(0.05)
+    yield url_for(sock)
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="package")
+def browser():
+    """Debian's Chromium under playwright; skipped only where it truly cannot be had."""
+    if not CHROMIUM.exists() and shutil.which("chromium") is None:
+        pytest.skip(
+            "Debian's chromium is not installed (/usr/bin/chromium); `make setup` installs it "
+            "with apt-get as root"
+        )
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'"
+    )
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server_url: str):
+    """A fresh page on the map, loaded and drawn; fails the test on any console error or alert."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+    )
+    tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    tab.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+    tab.goto(server_url)
+    tab.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    yield tab
+    context.close()
+    assert not problems, problems
