@@ -138,11 +138,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Map built: {ds.identifier} ({atlas_map.data.tb.num_rows} datums)")
     print(f"  store:   {ds._paths.root}")
     print(f"  dagster: {dagster_home()}  (runs, logs, lineage)")
-    print(f"  UI:      DAGSTER_HOME={dagster_home()} .venv/bin/dg dev -w workspace.yaml")
+    print(
+        f"  UI:      make dev   (= DAGSTER_HOME={dagster_home()} .venv/bin/dg dev -w "
+        "workspace.yaml)"
+    )
+    print(f"  map:     .venv/bin/atlas serve {DEMO_DATASET}   (the map in a browser)")
     print("  Python:  from atlas_assets import AtlasDataset")
     print(f"           atlas_map = AtlasDataset({DEMO_DATASET!r}).maps[0]")
     print()
-    print(atlas_map.embeddings.projected.head().to_string(index=False))
+    print(atlas_map.embeddings.projected.head(3).to_string(index=False))
+    print()
+    print("Depth-1 topics:")
+    for group in atlas_map.topics.group_by_topic(1):
+        print(f"  {len(group['datum_ids']):>6}  {group['topic_short_description']}")
+    print(f"Duplicates: {atlas_map.duplicates!r}")
+    return 0
+
+
+def cmd_bind(args: argparse.Namespace) -> int:
+    from atlas_assets.reader import AtlasDataset
+
+    ds = AtlasDataset(args.dataset, unique_id_field=args.id_field)
+    ds.bind_source(args.pattern)
+    print(
+        f"{ds.identifier} is bound to {args.pattern}: the hourly refresh schedule appends "
+        "rows with new ids and rebuilds the map"
+    )
     return 0
 
 
@@ -191,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     tags = sub.add_parser("tags", help="list a dataset's tags with their counts")
     tags.add_argument("dataset")
     tags.set_defaults(func=cmd_tags)
+
+    bind = sub.add_parser("bind", help="bind a dataset to a file or glob the schedule re-reads")
+    bind.add_argument("dataset")
+    bind.add_argument("pattern", help="a file or glob of .csv/.parquet/.jsonl files")
+    bind.add_argument("--id-field", help="column of unique ids (required for a new dataset)")
+    bind.set_defaults(func=cmd_bind)
 
     demo = sub.add_parser("demo", help="build the map of the bundled arXiv sample")
     demo.add_argument("--file", type=Path, default=_sample_file(), help=argparse.SUPPRESS)

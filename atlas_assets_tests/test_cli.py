@@ -14,11 +14,11 @@ from atlas_assets.cli import main
 def test_console_script_help():
     bin_dir = Path(sys.executable).parent
     out = subprocess.run([bin_dir / "atlas", "--help"], capture_output=True, text=True, check=True)
-    for command in ("add", "index", "ls", "demo"):
+    for command in ("add", "index", "ls", "tag", "tags", "bind", "serve", "demo"):
         assert command in out.stdout
 
 
-@pytest.mark.parametrize("command", ["add", "index", "ls", "demo"])
+@pytest.mark.parametrize("command", ["add", "index", "ls", "tag", "tags", "bind", "serve", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -57,6 +57,16 @@ def test_demo_builds_the_sample_map(store, capsys):
     assert main(["demo", "--rows", "25"]) == 0
     out = capsys.readouterr().out
     assert "Map built: arxiv-demo (25 datums)" in out
-    assert str(store) in out and "dg dev" in out
+    assert str(store) in out and "dg dev" in out and "Depth-1 topics:" in out
+    assert "deletion candidates in" in out
     assert main(["demo", "--rows", "25"]) == 0  # idempotent: reuses the stored data
     assert "Map built: arxiv-demo (25 datums)" in capsys.readouterr().out
+
+
+def test_bind_records_the_source_and_needs_own_ids(store, arxiv, tmp_path, capsys):
+    source = tmp_path / "papers.csv"
+    arxiv.head(4).to_csv(source, index=False)
+    assert main(["bind", "bound", str(source), "--id-field", "arxiv_id"]) == 0
+    assert "bound is bound to" in capsys.readouterr().out
+    assert main(["bind", "no-ids", str(source)]) == 2
+    assert "unique_id_field" in capsys.readouterr().err
