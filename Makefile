@@ -34,6 +34,15 @@ lint: setup
 test: lint browser
 	$(BIN)/pytest
 
+# Every stage against its baseline, side by side (minutes to an hour; not part of `make test`).
+bench: setup
+	$(BIN)/python -m benchmarks.embed
+	$(BIN)/python -m benchmarks.project
+	$(BIN)/python -m benchmarks.topics
+	$(BIN)/python -m benchmarks.duplicates
+	$(BIN)/python -m benchmarks.refresh
+	$(BIN)/python -m benchmarks.scale
+
 dev: setup
 	$(BIN)/python -c "from atlas_assets.store.layout import ensure_dagster_home as e; e()"
 	$(BIN)/dg dev -w workspace.yaml

@@ -1,0 +1,68 @@
+"""Smoke tests: each benchmark of ours still runs end to end on tiny inputs.
+
+They check the shape of the output (the table and the final ratio line), not the speed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+LAST_LINE = re.compile(r"^(\w+): .+ ratio=[\d.]+ target=\S+ quality=\S+")
+
+
+@pytest.fixture(autouse=True)
+def _bench_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_BENCH_CACHE", str(tmp_path / "bench-cache"))
+
+
+def _last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_embed_benchmark_runs(capsys):
+    from benchmarks import embed
+
+    line = embed.main(["--quick", "--n", "8"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "embed"
+    assert "(ok)" in line  # ours and plain encode agree on every vector
+
+
+def test_project_benchmark_runs(capsys):
+    from benchmarks import project
+
+    line = project.main(["--quick", "--n", "300"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "project"
+    assert "trust=" in line
+
+
+def test_clustered_vectors_are_unit_and_seeded():
+    import numpy as np
+
+    from benchmarks.project import clustered_vectors
+
+    a, b = clustered_vectors(50, 16), clustered_vectors(50, 16)
+    assert a.shape == (50, 16) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_refresh_benchmark_runs(capsys, tmp_path, monkeypatch):
+    from benchmarks import refresh
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # the benchmark points both homes elsewhere
+    line = refresh.main(["--n", "30"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "refresh"
+
+
+def test_scale_benchmark_runs(capsys, monkeypatch, tmp_path):
+    from benchmarks import scale
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))
+    line = scale.main(["--n", "3000"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "scale" and "peak_rss=" in line

@@ -1,0 +1,187 @@
+"""Shared helpers of the benchmarks: real corpora, an embedding cache, a timer and the output.
+
+Corpora other than the bundled arXiv sample live in ``../shared/datasets`` beside the checkout
+(override with ``ATLAS_BENCH_DATASETS``); a benchmark that needs one that is absent prints a
+``skipped:`` line and goes on without it. Embeddings computed for a benchmark are cached under
+``data/bench-cache/`` (git-ignored by its own ``.gitignore``; override with ``ATLAS_BENCH_CACHE``),
+keyed by model and a hash of the texts, so later runs and other stages reuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("ATLAS_BENCH_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+DEFAULT_CACHE = REPO_ROOT / "data" / "bench-cache"
+ARXIV_SAMPLE = REPO_ROOT / "data" / "arxiv_2007_sample.csv.gz"
+
+
+@dataclass
+class Corpus:
+    """Texts of one corpus, with an optional label per text."""
+
+    name: str
+    texts: list[str]
+    labels: np.ndarray | None = None
+
+
+def skip(what: str, why: str) -> None:
+    """Say, on one line, that part of a benchmark is skipped and why."""
+    print(f"skipped: {what}: {why}", flush=True)
+
+
+def _head(corpus: Corpus, n: int | None) -> Corpus:
+    if n is None or n >= len(corpus.texts):
+        return corpus
+    labels = None if corpus.labels is None else corpus.labels[:n]
+    return Corpus(corpus.name, corpus.texts[:n], labels)
+
+
+def ag_news(n: int | None = None) -> Corpus | None:
+    """The AG News test split (7,600 short snippets, 4 classes), or None when it is absent."""
+    path = DATASETS / "ag_news_test" / "ag_news_test.csv.gz"
+    if not path.exists():
+        skip("AG News", f"{path} not found (../shared/datasets is not beside this checkout)")
+        return None
+    df = pd.read_csv(path)
+    labels = df.label_name.astype(str).to_numpy()
+    return _head(Corpus("ag_news", df.text.fillna("").tolist(), labels), n)
+
+
+def arxiv(n: int | None = None) -> Corpus:
+    """The bundled arXiv sample (2,000 title + abstract texts); labels are the 18 archives."""
+    df = pd.read_csv(ARXIV_SAMPLE)
+    texts = (df.title.fillna("") + ". " + df.abstract.fillna("")).tolist()
+    return _head(Corpus("arxiv", texts, df.archive.astype(str).to_numpy()), n)
+
+
+def _cache_dir() -> Path:
+    cache = Path(os.environ.get("ATLAS_BENCH_CACHE", DEFAULT_CACHE))
+    cache.mkdir(parents=True, exist_ok=True)
+    ignore = cache / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")
+    return cache
+
+
+def cache_path(model: str, texts: Sequence[str]) -> Path:
+    """Where the embeddings of ``texts`` by ``model`` are cached."""
+    from atlas_assets.lib.embed import model_key
+
+    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+    return _cache_dir() / f"{model_key(model)}-{len(texts)}-{digest}.npy"
+
+
+def cached_vectors(model: str, texts: Sequence[str]) -> np.ndarray | None:
+    """Cached embeddings of exactly ``texts`` by ``model``, or None."""
+    path = cache_path(model, texts)
+    return np.load(path) if path.exists() else None
+
+
+def store_vectors(model: str, texts: Sequence[str], vectors: np.ndarray) -> None:
+    """Cache ``vectors`` as the embeddings of ``texts`` by ``model`` (atomically)."""
+    path = cache_path(model, texts)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, np.asarray(vectors, np.float32))
+    tmp.replace(path)
+
+
+def embeddings(corpus: Corpus, model: str | None = None) -> np.ndarray:
+    """Embeddings of the corpus by ``model`` (default: the bundled MiniLM), cached on disk."""
+    from atlas_assets.lib.embed import embed_texts
+    from atlas_assets.options import DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
+    found = cached_vectors(model, corpus.texts)
+    if found is not None:
+        return found
+    print(
+        f"  embedding {len(corpus.texts)} {corpus.name} texts (cached afterwards) ...", flush=True
+    )
+    vectors = embed_texts(corpus.texts, model)
+    store_vectors(model, corpus.texts, vectors)
+    return vectors
+
+
+class Timer:
+    """Wall-clock and process CPU seconds of a ``with timer() as t:`` block.
+
+    CPU seconds (all threads of this process) move less than wall-clock time when other
+    processes share the cores, so tables show both.
+    """
+
+    seconds: float = float("nan")
+    cpu: float = float("nan")
+
+
+@contextmanager
+def timer() -> Iterator[Timer]:
+    t = Timer()
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield t
+    finally:
+        t.seconds = time.perf_counter() - start
+        t.cpu = time.process_time() - cpu
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, Timer]:
+    """``fn()``'s result and its timer (``.seconds`` wall clock, ``.cpu`` process CPU)."""
+    with timer() as t:
+        out = fn()
+    return out, t
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MiB (Linux), NaN elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine() -> str:
+    """One line about the machine and how busy it is (timings on a loaded machine are noisy)."""
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (
+        f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()},"
+        f" load average {load}"
+    )
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A plain aligned text table (floats to 3 significant decimals)."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float | np.floating):
+            return f"{v:.4f}" if abs(v) < 1 else f"{v:.1f}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(flush=True)
+
+
+def result_line(stage: str, figure: str, ratio: float, target: str, quality: str) -> str:
+    """The last line every benchmark prints, which ``make bench`` and the README collect."""
+    line = f"{stage}: {figure} ratio={ratio:.2f} target={target} quality={quality}"
+    print(line, flush=True)
+    return line

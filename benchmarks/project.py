@@ -1,0 +1,182 @@
+"""Benchmark of the projection stage: our kNN graph + ``project`` against ``umap.UMAP()``.
+
+Run ``python -m benchmarks.project [--quick] [--n N]``. Both project the same unit latent vectors
+to 2-D in the same process:
+
+* ours: ``atlas_assets.lib.knn.knn_graph`` (faiss, k = 30 as the pipeline's ``knn_graph`` asset)
+  then ``atlas_assets.lib.project.project`` with its defaults (seeded, cosine);
+* baseline: ``umap.UMAP().fit_transform`` with every default (metric euclidean, which on unit
+  vectors ranks neighbours exactly as cosine does; unseeded, so its layout runs on both cores).
+
+The vectors are real MiniLM embeddings of AG News (``../shared/datasets``, skipped when absent)
+and of the bundled arXiv sample, cached under ``data/bench-cache/``, topped up to N rows (20,000 by
+default, 3,000 with ``--quick``) with generated clustered vectors. With ``--quick`` texts are not
+embedded: only vectors already in the cache are used (``python -m benchmarks.embed`` fills it).
+
+Both are warmed up first on 5,000 generated rows (a couple of epochs; 300 below 4,096 rows, where
+umap-learn skips pynndescent), so the timed runs exclude numba's JIT compile, pynndescent's
+included; the warm-up times are shown. Quality is
+trustworthiness@15 (``sklearn.manifold.trustworthiness``, euclidean on the unit vectors) on the
+same random subsample of 5,000 rows for both. ``--epochs 50,100`` adds our projection with other
+epoch counts (same kNN graph) to the table.
+
+The last line reads ``project: <rows, seconds, cpu_ratio=the same ratio in process CPU seconds>
+ratio=<umap seconds / our seconds>
+target=>=4.00 quality=<trustworthiness ours/umap, and whether ours is within 0.01>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from benchmarks.common import (
+    ag_news,
+    arxiv,
+    cached_vectors,
+    embeddings,
+    machine,
+    print_table,
+    result_line,
+    skip,
+    timed,
+)
+
+K = 30  # the pipeline's knn_graph asset keeps max(30, n_neighbors - 1) neighbours
+TRUST_K = 15
+TRUST_SAMPLE = 5_000
+TRUST_TOLERANCE = 0.01
+
+
+def clustered_vectors(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
+    """``n`` unit vectors in nested clusters (20 topics of 10 subtopics), like text embeddings."""
+    rng = np.random.default_rng(seed)
+    if n == 0:
+        return np.zeros((0, dim), np.float32)
+    topics = rng.normal(size=(20, dim))
+    sub = np.repeat(topics, 10, axis=0) + 0.8 * rng.normal(size=(200, dim))
+    weights = rng.dirichlet(np.full(200, 2.0))
+    which = rng.choice(200, size=n, p=weights)
+    x = sub[which] + 1.2 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def latent_vectors(n: int, quick: bool) -> tuple[np.ndarray, str]:
+    """``n`` unit vectors: real text embeddings first, then generated ones; and where from."""
+    from atlas_assets.options import DEFAULT_MODEL
+
+    parts, names = [], []
+    for corpus in (ag_news(), arxiv()):
+        if corpus is None:
+            continue
+        vecs = cached_vectors(DEFAULT_MODEL, corpus.texts)
+        if vecs is None and quick:
+            skip(f"{corpus.name} vectors", "not cached; run python -m benchmarks.embed first")
+            continue
+        if vecs is None:
+            vecs = embeddings(corpus)
+        parts.append(vecs)
+        names.append(f"{corpus.name} {len(vecs)}")
+    real = np.vstack(parts) if parts else np.zeros((0, 384), np.float32)
+    if len(real) > n:
+        names = [f"{n} sampled from {' + '.join(names)}"]
+    rng = np.random.default_rng(0)
+    real = real[rng.permutation(len(real))[:n]]
+    fake = clustered_vectors(n - len(real), real.shape[1])
+    if len(fake):
+        names.append(f"generated {len(fake)}")
+    return np.vstack([real, fake]).astype(np.float32), " + ".join(names)
+
+
+def ours(latent: np.ndarray, **kwargs) -> tuple[np.ndarray, float, float]:
+    """Our 2-D map, with the seconds of the kNN graph and of the projection."""
+    from atlas_assets.lib.knn import knn_graph
+    from atlas_assets.lib.project import project
+
+    knn, t_knn = timed(lambda: knn_graph(latent, K))
+    coords, t_proj = timed(lambda: project(latent, knn, **kwargs))
+    return coords, t_knn.seconds, t_proj.seconds
+
+
+def baseline(latent: np.ndarray, **kwargs) -> np.ndarray:
+    """``umap.UMAP(**kwargs)`` (defaults when empty) fitted to ``latent``."""
+    import umap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return umap.UMAP(**kwargs).fit_transform(latent)
+
+
+def trust(latent: np.ndarray, coords: np.ndarray, sample: np.ndarray) -> float:
+    from sklearn.manifold import trustworthiness
+
+    return float(trustworthiness(latent[sample], coords[sample], n_neighbors=TRUST_K))
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.project", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3,000 rows, cached vectors only")
+    parser.add_argument("--n", type=int, default=None, help="rows (default 20,000; quick 3,000)")
+    parser.add_argument("--epochs", default="", help="extra epoch counts of ours, e.g. 50,100")
+    args = parser.parse_args(argv)
+    n = args.n or (3_000 if args.quick else 20_000)
+
+    print(machine())
+    latent, source = latent_vectors(n, args.quick)
+    print(f"vectors: {len(latent)} x {latent.shape[1]} ({source})", flush=True)
+
+    start = time.perf_counter()
+    import umap  # noqa: F401  (numba JIT of umap and pynndescent on a cold cache)
+
+    t_import = time.perf_counter() - start
+    # umap-learn searches neighbours exactly below 4,096 rows: pynndescent only runs above.
+    warm = clustered_vectors(5_000 if len(latent) >= 4_096 else 300, latent.shape[1], seed=1)
+    _, t_warm_base = timed(lambda: baseline(warm, n_epochs=2))
+    _, t_warm_ours = timed(lambda: ours(warm, n_epochs=2))
+    print(
+        f"warm-up: import umap {t_import:.1f} s, umap.UMAP() on {len(warm):,} rows"
+        f" {t_warm_base.seconds:.1f}"
+        f" s (numba compile, pynndescent's above 4,096 rows),"
+        f" ours {t_warm_ours.seconds:.1f} s; excluded below",
+        flush=True,
+    )
+
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(len(latent), size=min(TRUST_SAMPLE, len(latent)), replace=False))
+    rows = []
+    ref, t_ref = timed(lambda: baseline(latent))
+    t_base = t_ref.seconds
+    trust_base = trust(latent, ref, sample)
+    rows.append(["umap.UMAP() defaults", t_base, t_ref.cpu, "", "", 1.0, trust_base])
+    (coords, t_knn, t_proj), t_all = timed(lambda: ours(latent))
+    trust_ours = trust(latent, coords, sample)
+    ratio = t_base / (t_knn + t_proj)
+    rows.append(
+        ["ours (knn + project)", t_all.seconds, t_all.cpu, t_knn, t_proj, ratio, trust_ours]
+    )
+    for epochs in [int(e) for e in args.epochs.split(",") if e.strip()]:
+        (c, tk, tp), t = timed(lambda epochs=epochs: ours(latent, n_epochs=epochs))
+        speedup = t_base / (tk + tp)
+        rows.append([f"ours, n_epochs={epochs}", t.seconds, t.cpu, tk, tp, speedup])
+        rows[-1].append(trust(latent, c, sample))
+    print(f"projection of {len(latent)} rows to 2-D; trustworthiness@{TRUST_K} on {len(sample)}")
+    headers = ["method", "seconds", "cpu s", "knn s", "layout s", "speed-up", "trust@15"]
+    print_table(headers, [[f"{v:.2f}" if k == 5 else v for k, v in enumerate(r)] for r in rows])
+
+    ok = "ok" if trust_ours >= trust_base - TRUST_TOLERANCE else "BELOW"
+    return result_line(
+        "project",
+        f"{len(latent)} rows in {t_knn + t_proj:.1f} s (umap {t_base:.1f} s)"
+        f" cpu_ratio={t_ref.cpu / t_all.cpu:.2f}",
+        ratio,
+        f">=4.00@trust>=umap-{TRUST_TOLERANCE}",
+        f"trust={trust_ours:.4f}/{trust_base:.4f}({ok})",
+    )
+
+
+if __name__ == "__main__":
+    main()
