@@ -1,6 +1,6 @@
 """Benchmark semantic duplicate detection (``atlas_assets.lib.duplicates``).
 
-Run ``.venv/bin/python -m benchmarks.duplicates [--quick]``. Real text from /work/shared/datasets
+Run ``.venv/bin/python -m benchmarks.duplicates [--quick]``. Real text from ../shared/datasets
 (skipped cleanly when absent), embedded with the bundled MiniLM and cached in /tmp:
 
 * BBC News: 2,225 articles, 98 of them exact duplicates of another article.
@@ -22,16 +22,16 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from atlas_assets.lib.duplicates import DuplicateResult, find_duplicates
 from atlas_assets.lib.knn import knn_graph
+from benchmarks import common
 
-DATASETS = Path("/work/shared/datasets")
-CACHE = Path("/tmp/atlas_duplicates_bench")
+DATASETS = common.DATASETS
+CACHE = common.DEFAULT_CACHE / "duplicates"  # git-ignored, beside the other benchmarks'
 CUTOFFS = (0.05, 0.1, 0.2)
 EDITS = ("case", "punct", "dropword")
 

@@ -1,7 +1,7 @@
 """Benchmark of the topic tree (``atlas_assets.lib.topics``) on real labelled corpora.
 
 Run ``python -m benchmarks.topics [--quick]``. For each corpus found under
-``/work/shared/datasets`` (skipped cleanly when absent) it reports, per depth:
+``../shared/datasets`` (skipped cleanly when absent) it reports, per depth:
 
 * NMI between the depth's topics and the matching label level, next to k-means on the latent
   vectors given the true number of classes (the baseline is told the number, we are not);
@@ -9,7 +9,7 @@ Run ``python -m benchmarks.topics [--quick]``. For each corpus found under
   topic diversity (share of unique words among all topics' top-10 keywords);
 * map coherence: the share of each point's 15 nearest 2-D map neighbours in the same topic.
 
-Embeddings and UMAP coordinates are cached under ``/tmp/atlas_topics_bench``. ``--quick``
+Embeddings and UMAP coordinates are cached under ``data/bench-cache/topics``. ``--quick``
 skips AG News and uses PCA instead of UMAP for the 2-D coordinates.
 
 The last line reads ``topics: <figure> ratio=<ours/kmeans depth-2 NMI on arXiv archives>
@@ -25,16 +25,16 @@ import itertools
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from atlas_assets.lib.knn import KnnGraph, knn_graph
 from atlas_assets.lib.topics import TopicTree, build_topic_tree
+from benchmarks import common
 
-DATASETS = Path("/work/shared/datasets")
-CACHE = Path("/tmp/atlas_topics_bench")
+DATASETS = common.DATASETS
+CACHE = common.DEFAULT_CACHE / "topics"  # git-ignored, beside the other benchmarks'
 K = 30  # the pipeline's knn_graph asset uses max(30, n_neighbors - 1) neighbours
 
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     corpora = load_corpora(args.quick)
     if not corpora:
-        print("topics: skipped (no datasets under /work/shared/datasets)")
+        print("topics: skipped (no datasets under ../shared/datasets)")
         return 0
     rows = []
     trees = {}
