@@ -171,3 +171,33 @@ def test_tags_check_warns_about_ids_not_in_the_dataset(store, arxiv):
     evaluation = result.get_asset_check_evaluations()[0]
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["unknown_ids"].value == 1
+
+
+def test_a_failing_blocking_check_stops_the_downstream_assets(store, arxiv, monkeypatch):
+    """Wiring, not the check's logic (tested above): a failed check must block knn_graph."""
+    from atlas_assets.defs import checks as checks_module
+
+    ds = AtlasDataset("blocked", unique_id_field="arxiv_id")
+    ds.add_data(arxiv.head(10), embeddings=np.random.default_rng(0).normal(size=(10, 8)))
+    update_meta(ds._paths, maps=[{"name": "blocked", "id": "m", "indexed_field": None}])
+    monkeypatch.setattr(checks_module, "alignment_problem", lambda data, resource: "forced")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(atlas_datasets.name, ["blocked"])
+    loaded = defs()
+    wanted = {"dataset", "latent", "knn_graph"}
+    checks = [
+        c
+        for c in loaded.asset_checks
+        if {k.asset_key.to_user_string() for k in c.check_keys} <= wanted
+    ]
+    result = dg.materialize(
+        [a for a in loaded.assets if names(a) <= wanted] + checks,
+        instance=instance,
+        partition_key="blocked",
+        resources=loaded.resources,
+        raise_on_error=False,
+    )
+    failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+    assert "latent_aligned_with_dataset" in failed
+    built = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert built == {"dataset", "latent"}  # knn_graph never ran
