@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.duplicates
 	$(BIN)/python -m benchmarks.refresh
 	$(BIN)/python -m benchmarks.scale
+	$(BIN)/python -m benchmarks.reader
 
 dev: setup
 	$(BIN)/python -c "from atlas_assets.store.layout import ensure_dagster_home as e; e()"

@@ -66,3 +66,12 @@ def test_scale_benchmark_runs(capsys, monkeypatch, tmp_path):
     line = scale.main(["--n", "3000"])
     assert _last_line(capsys) == line
     assert LAST_LINE.match(line).group(1) == "scale" and "peak_rss=" in line
+
+
+def test_reader_benchmark_runs(capsys, monkeypatch, tmp_path):
+    from benchmarks import reader
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))
+    line = reader.main(["--n", "2000"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "reader"
