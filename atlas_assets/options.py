@@ -29,13 +29,17 @@ class NomicEmbedOptions(_Options):
 
 
 class NomicProjectOptions(_Options):
-    """UMAP parameters of the 2-D projection (umap-learn's meaning and defaults)."""
+    """UMAP parameters of the 2-D projection (umap-learn's meaning and defaults).
+
+    ``seed`` makes the map reproducible; ``seed=None`` lets UMAP's layout use every core
+    instead, at the price of a slightly different map on each build.
+    """
 
     n_neighbors: int = Field(default=15, ge=2)
     n_epochs: int | None = Field(default=None, ge=1)
     min_dist: float = Field(default=0.1, ge=0.0)
     spread: float = Field(default=1.0, gt=0.0)
-    seed: int = 0
+    seed: int | None = 0
     model: Literal["umap"] = "umap"
 
 

@@ -31,7 +31,7 @@ def project(
     n_epochs: int | None = None,
     min_dist: float = 0.1,
     spread: float = 1.0,
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> np.ndarray:
     """``(N, 2)`` float32 map coordinates of unit vectors ``latent``.
 
@@ -40,7 +40,7 @@ def project(
     ``"tswspectral"`` (the same Laplacian eigenvectors, solved from a truncated-SVD warm start):
     on 20k text vectors it halved the initialisation's CPU time at the same trustworthiness
     (``benchmarks/project.py``). Epochs default to umap-learn's (200 above 10k rows, else 500).
-    Tiny inputs fall back to PCA.
+    ``seed=None`` lays out on every core, not reproducibly. Tiny inputs fall back to PCA.
     """
     n = latent.shape[0]
     if n < _MIN_UMAP_ROWS:
@@ -60,6 +60,7 @@ def project(
         min_dist=min_dist,
         spread=spread,
         random_state=seed,
+        n_jobs=1 if seed is not None else -1,  # a seeded layout is single-threaded anyway
         precomputed_knn=(indices, distances, None),
         verbose=False,
     )

@@ -84,3 +84,10 @@ def test_text_hashes_and_model_keys_are_stable():
     assert hashes[0] == hashes[2] != hashes[1] and len(hashes[0]) == 32
     assert model_key("all-MiniLM-L6-v2") == model_key("all-MiniLM-L6-v2")
     assert "/" not in model_key("org/model")
+
+
+def test_project_unseeded_uses_every_core_and_stays_finite():
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 60)
+    coords = project(vectors, knn_graph(vectors, 15), seed=None, n_epochs=30)
+    assert coords.shape == (60, 2) and np.isfinite(coords).all()
