@@ -10,7 +10,7 @@ import pytest
 from atlas_assets import AtlasDataset
 from atlas_assets.definitions import defs
 from atlas_assets.defs.partitions import atlas_datasets
-from atlas_assets.store import dataset_paths, resource_info
+from atlas_assets.store import RESOURCES, dataset_paths, resource_info
 from atlas_assets.store.datasets import update_meta
 
 
@@ -18,51 +18,50 @@ def names(asset: dg.AssetsDefinition) -> set[str]:
     return {key.to_user_string() for key in asset.keys}
 
 
-def asset_named(defs_: dg.Definitions, name: str) -> dg.AssetsDefinition:
-    return next(a for a in defs_.assets if name in names(a))
+def materialize(partition: str, assets: set[str], *, checks: bool = True, **kwargs):
+    """Materialize ``assets`` (and, with ``checks``, the checks on them) of one partition on an
+    ephemeral instance, with the project's own definitions and resources."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(atlas_datasets.name, [partition])
+    loaded = defs()
+    selected = [a for a in loaded.assets if names(a) & assets]
+    if checks:
+        selected += [
+            c
+            for c in loaded.asset_checks
+            if {k.asset_key.to_user_string() for k in c.check_keys} <= assets
+        ]
+    return dg.materialize(
+        selected, instance=instance, partition_key=partition, resources=loaded.resources, **kwargs
+    )
+
+
+def step_failure(result) -> str:
+    """The message of the run's first failed step."""
+    return next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+
+
+def byo_dataset(name: str, frame, dim: int) -> AtlasDataset:
+    """A dataset of ``frame`` with random uploaded vectors and a map configured, not built."""
+    ds = AtlasDataset(name, unique_id_field="arxiv_id")
+    ds.add_data(frame, embeddings=np.random.default_rng(0).normal(size=(len(frame), dim)))
+    update_meta(ds._paths, maps=[{"name": name, "id": "m", "indexed_field": None}])
+    return ds
 
 
 def test_definitions_load():
     loaded = defs()
     dg.Definitions.validate_loadable(loaded)
-    keys = {name for a in loaded.assets for name in names(a)}
-    assert keys == {
-        "dataset",
-        "latent",
-        "knn_graph",
-        "projected",
-        "topics",
-        "metadata",
-        "hierarchy",
-        "duplicates",
-        "tags",
-    }
+    # every resource of the store layout is an asset, and nothing else is
+    assert {name for a in loaded.assets for name in names(a)} == set(RESOURCES)
     assert loaded.resolve_job_def("build_map").partitions_def == atlas_datasets
 
 
 def test_materialize_partition_with_uploaded_embeddings(store, arxiv):
     """Bring-your-own vectors: no model runs; the partition's assets write aligned resources."""
-    rng = np.random.default_rng(0)
     frame = arxiv.head(40)
-    ds = AtlasDataset("byo", unique_id_field="arxiv_id")
-    ds.add_data(frame, embeddings=rng.normal(size=(40, 16)))
-    update_meta(ds._paths, maps=[{"name": "byo", "id": "m", "indexed_field": None}])
-
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(atlas_datasets.name, ["byo"])
-    loaded = defs()
-    wanted = {"dataset", "latent", "knn_graph", "projected"}
-    checks = [
-        c
-        for c in loaded.asset_checks
-        if {k.asset_key.to_user_string() for k in c.check_keys} <= wanted
-    ]
-    result = dg.materialize(
-        [a for a in loaded.assets if names(a) <= wanted] + checks,
-        instance=instance,
-        partition_key="byo",
-        resources=loaded.resources,
-    )
+    ds = byo_dataset("byo", frame, 16)
+    result = materialize("byo", {"dataset", "latent", "knn_graph", "projected"})
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert {c.check_name for c in checks} >= {
@@ -89,21 +88,10 @@ def test_materialize_partition_with_uploaded_embeddings(store, arxiv):
 
 
 def test_unknown_or_invalid_partition_fails_clearly(store):
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(atlas_datasets.name, ["ghost", "bad..key"])
-    loaded = defs()
-    dataset_asset = asset_named(loaded, "dataset")
     for key, message in (("ghost", "has no data"), ("bad..key", "invalid dataset identifier")):
-        result = dg.materialize(
-            [dataset_asset],
-            instance=instance,
-            partition_key=key,
-            resources=loaded.resources,
-            raise_on_error=False,
-        )
+        result = materialize(key, {"dataset"}, checks=False, raise_on_error=False)
         assert not result.success
-        failure = next(e for e in result.all_events if e.is_step_failure)
-        assert message in failure.step_failure_data.error.message
+        assert message in step_failure(result)
 
 
 def test_create_index_run_is_recorded_in_the_persistent_instance(built):
@@ -121,19 +109,8 @@ def test_create_index_run_is_recorded_in_the_persistent_instance(built):
 def test_downstream_without_upstream_says_what_to_materialize(store, arxiv, asset):
     ds = AtlasDataset("partial", unique_id_field="arxiv_id")
     ds.add_data(arxiv.head(5))
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(atlas_datasets.name, ["partial"])
-    loaded = defs()
-    target = asset_named(loaded, asset)
-    result = dg.materialize(
-        [target],
-        instance=instance,
-        partition_key="partial",
-        resources=loaded.resources,
-        raise_on_error=False,
-    )
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "materialize the 'dataset' asset first" in failure.step_failure_data.error.message
+    result = materialize("partial", {asset}, checks=False, raise_on_error=False)
+    assert "materialize the 'dataset' asset first" in step_failure(result)
 
 
 def test_alignment_problem_names_what_is_wrong():
@@ -154,21 +131,12 @@ def test_tags_check_warns_about_ids_not_in_the_dataset(store, arxiv):
     ds = AtlasDataset("tagcheck", unique_id_field="arxiv_id")
     ds.add_data(arxiv.head(4))
     TagStore(ds._paths.tag_db).add([arxiv["arxiv_id"][0], "gone-1"], "t")  # no id validation
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(atlas_datasets.name, ["tagcheck"])
-    loaded = defs()
-    check = next(
+    result = materialize("tagcheck", {"dataset", "tags"})
+    evaluation = next(
         c
-        for c in loaded.asset_checks
-        if "tags_refer_to_existing_ids" in {k.name for k in c.check_keys}
+        for c in result.get_asset_check_evaluations()
+        if c.check_name == "tags_refer_to_existing_ids"
     )
-    result = dg.materialize(
-        [asset_named(loaded, "dataset"), asset_named(loaded, "tags"), check],
-        instance=instance,
-        partition_key="tagcheck",
-        resources=loaded.resources,
-    )
-    evaluation = result.get_asset_check_evaluations()[0]
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["unknown_ids"].value == 1
 
@@ -177,26 +145,9 @@ def test_a_failing_blocking_check_stops_the_downstream_assets(store, arxiv, monk
     """Wiring, not the check's logic (tested above): a failed check must block knn_graph."""
     from atlas_assets.defs import checks as checks_module
 
-    ds = AtlasDataset("blocked", unique_id_field="arxiv_id")
-    ds.add_data(arxiv.head(10), embeddings=np.random.default_rng(0).normal(size=(10, 8)))
-    update_meta(ds._paths, maps=[{"name": "blocked", "id": "m", "indexed_field": None}])
+    byo_dataset("blocked", arxiv.head(10), 8)
     monkeypatch.setattr(checks_module, "alignment_problem", lambda data, resource: "forced")
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(atlas_datasets.name, ["blocked"])
-    loaded = defs()
-    wanted = {"dataset", "latent", "knn_graph"}
-    checks = [
-        c
-        for c in loaded.asset_checks
-        if {k.asset_key.to_user_string() for k in c.check_keys} <= wanted
-    ]
-    result = dg.materialize(
-        [a for a in loaded.assets if names(a) <= wanted] + checks,
-        instance=instance,
-        partition_key="blocked",
-        resources=loaded.resources,
-        raise_on_error=False,
-    )
+    result = materialize("blocked", {"dataset", "latent", "knn_graph"}, raise_on_error=False)
     failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
     assert "latent_aligned_with_dataset" in failed
     built = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
