@@ -31,8 +31,8 @@ class NomicEmbedOptions(_Options):
 class NomicProjectOptions(_Options):
     """UMAP parameters of the 2-D projection (umap-learn's meaning and defaults).
 
-    ``seed`` makes the map reproducible; ``seed=None`` lets UMAP's layout use every core
-    instead, at the price of a slightly different map on each build.
+    The layout runs on every core and depends only on ``seed``: the same seed gives the same
+    map whatever the number of cores; ``seed=None`` draws a fresh seed, so each build differs.
     """
 
     n_neighbors: int = Field(default=15, ge=2)

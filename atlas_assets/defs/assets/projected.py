@@ -29,11 +29,11 @@ def read_knn(table: pa.Table) -> KnnGraph:
 @dg.asset(
     deps=["latent", "knn_graph"],
     kinds={"python", "umap", "arrow"},
-    code_version="projected-v1",
+    code_version="projected-v2",
     **ASSET_DEFAULTS,
 )
 def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
-    """The 2-D map: UMAP of the latent vectors over the shared kNN graph, seeded.
+    """The 2-D map: UMAP of the latent vectors over the shared kNN graph, reproducible by seed.
 
     Columns ``[id, x, y]`` (float32) in dataset order; the metadata carries a picture of the map.
     """

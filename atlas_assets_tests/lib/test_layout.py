@@ -1,0 +1,97 @@
+"""The parallel UMAP layout: reproducible on any number of threads, faithful forces, sound maps."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from sklearn.manifold import trustworthiness
+
+from atlas_assets.lib.knn import knn_graph
+from atlas_assets.lib.layout import epochs_for, force_tables, optimize_layout
+from atlas_assets.lib.project import project
+
+
+def clusters(n_per: int = 150, n_clusters: int = 4, dim: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim)) * 3
+    x = np.repeat(centres, n_per, axis=0) + rng.normal(size=(n_per * n_clusters, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def graph_and_init():
+    from umap.umap_ import find_ab_params, fuzzy_simplicial_set
+
+    x = clusters()
+    knn = knn_graph(x, 15)
+    n = len(x)
+    indices = np.hstack([np.arange(n)[:, None], knn.indices])
+    distances = np.hstack([np.zeros((n, 1), np.float32), knn.distances])
+    graph, _, _ = fuzzy_simplicial_set(x, 16, 0, "cosine", knn_indices=indices, knn_dists=distances)
+    init = np.random.default_rng(0).uniform(-10, 10, size=(n, 2)).astype(np.float32)
+    a, b = find_ab_params(1.0, 0.1)
+    return graph, init, float(a), float(b)
+
+
+def test_same_seed_same_layout_on_one_thread_or_all(graph_and_init) -> None:
+    graph, init, a, b = graph_and_init
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = optimize_layout(graph, init, a=a, b=b, n_epochs=60, seed=3)
+    finally:
+        numba.set_num_threads(threads)
+    parallel = optimize_layout(graph, init, a=a, b=b, n_epochs=60, seed=3)
+    np.testing.assert_array_equal(single, parallel)
+    other = optimize_layout(graph, init, a=a, b=b, n_epochs=60, seed=4)
+    assert not np.array_equal(parallel, other)
+
+
+def test_inputs_are_left_untouched(graph_and_init) -> None:
+    graph, init, a, b = graph_and_init
+    data, start = graph.data.copy(), init.copy()
+    optimize_layout(graph, init, a=a, b=b, n_epochs=5)  # prunes weak edges of its own copy
+    np.testing.assert_array_equal(graph.data, data)
+    np.testing.assert_array_equal(init, start)
+
+
+def test_layout_separates_clusters(graph_and_init) -> None:
+    graph, init, a, b = graph_and_init
+    coords = optimize_layout(graph, init, a=a, b=b, n_epochs=200)
+    labels = np.repeat(np.arange(4), 150)
+    centres = np.array([coords[labels == c].mean(axis=0) for c in range(4)])
+    spread = max(np.linalg.norm(coords[labels == c] - centres[c], axis=1).mean() for c in range(4))
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2)[np.triu_indices(4, 1)]
+    assert np.isfinite(coords).all() and gaps.min() > 2 * spread
+
+
+def test_bad_init_shape_is_refused(graph_and_init) -> None:
+    graph, init, a, b = graph_and_init
+    with pytest.raises(ValueError, match="init must be"):
+        optimize_layout(graph, init[:10], a=a, b=b, n_epochs=5)
+
+
+def test_force_tables_match_umaps_gradients() -> None:
+    a, b = 1.577, 0.895
+    attract, repel = force_tables(a, b)
+    cells = len(attract) - 1
+    for d2 in (1e-3, 0.1, 1.0, 10.0, 100.0):
+        t = d2 / (1 + d2) * cells
+        k = int(t)
+        got_a = attract[k] + (t - k) * (attract[k + 1] - attract[k])
+        got_r = repel[k] + (t - k) * (repel[k + 1] - repel[k])
+        want_a = -2 * a * b * d2 ** (b - 1) / (1 + a * d2**b)
+        want_r = 2 * b / ((0.001 + d2) * (1 + a * d2**b))
+        assert got_a == pytest.approx(want_a, rel=1e-3)
+        assert got_r == pytest.approx(want_r, rel=1e-3)
+
+
+def test_epochs_follow_umap_learn() -> None:
+    assert epochs_for(10_000) == 500 and epochs_for(10_001) == 200
+
+
+def test_projection_keeps_neighbours() -> None:
+    x = clusters(n_per=100, n_clusters=6, seed=1)
+    coords = project(x, knn_graph(x, 30))
+    assert trustworthiness(x, coords, n_neighbors=15) > 0.9
