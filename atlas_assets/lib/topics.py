@@ -216,11 +216,11 @@ def _louvain(A: sp.csr_matrix, resolution: float, seed: int) -> np.ndarray:
 
     n = A.shape[0]
     coo = sp.triu(A, k=1).tocoo()
-    graph = ig.Graph(n=n, edges=np.column_stack([coo.row, coo.col]).tolist())
+    graph = ig.Graph(n=n, edges=np.column_stack([coo.row, coo.col]))  # an array: no list of lists
     state = random.getstate()
     random.seed(seed)
     try:
-        parts = graph.community_multilevel(weights=coo.data.tolist(), resolution=resolution)
+        parts = graph.community_multilevel(weights=coo.data, resolution=resolution)
     finally:
         random.setstate(state)
     membership = np.asarray(parts.membership, dtype=np.int64)
