@@ -185,3 +185,20 @@ def result_line(stage: str, figure: str, ratio: float, target: str, quality: str
     line = f"{stage}: {figure} ratio={ratio:.2f} target={target} quality={quality}"
     print(line, flush=True)
     return line
+
+
+# The assets of one map build, in run order (topics stands for its multi-asset).
+MAP_STAGES = ("dataset", "latent", "knn_graph", "projected", "topics", "duplicates", "tags")
+
+
+def stage_seconds(assets: Sequence[str] = MAP_STAGES) -> dict[str, float]:
+    """Seconds each asset's latest materialization took, from its metadata, in the current
+    Dagster instance (``DAGSTER_HOME``)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        out = {}
+        for key in assets:
+            event = instance.get_latest_materialization_event(dg.AssetKey(key))
+            out[key] = event.asset_materialization.metadata["seconds"].value
+        return out

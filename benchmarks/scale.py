@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.common import stage_seconds
+
 GOAL_SECONDS_AT_1M = 20 * 60
 
 
@@ -63,8 +65,6 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory() as home:
         os.environ["ATLAS_HOME"] = home
         os.environ["DAGSTER_HOME"] = str(Path(home) / ".dagster")
-        import dagster as dg
-
         from atlas_assets import AtlasDataset
 
         ds = AtlasDataset("scale-bench", unique_id_field="id")
@@ -77,19 +77,7 @@ def main(argv: list[str] | None = None) -> str:
             topic_model={"topic_label_field": "text"}, duplicate_detection=True
         )
         total = time.perf_counter() - start
-        stages = {"add_data": upload}
-        with dg.DagsterInstance.get() as instance:
-            for key in (
-                "dataset",
-                "latent",
-                "knn_graph",
-                "projected",
-                "topics",
-                "duplicates",
-                "tags",
-            ):
-                event = instance.get_latest_materialization_event(dg.AssetKey(key))
-                stages[key] = event.asset_materialization.metadata["seconds"].value
+        stages = {"add_data": upload, **stage_seconds()}
         assert atlas_map.embeddings.latent.shape == (n, 384)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     goal = GOAL_SECONDS_AT_1M * n / 1_000_000

@@ -32,6 +32,9 @@ _CLIP = 4.0
 # finds the cell. 16k float32 cells per table keep both tables in the L2 cache.
 _CELLS = 16_384
 _GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
+# Below this many points an epoch is too short to share: the threads would mostly wait on each
+# other, and on a busy machine a descheduled one stalls every epoch.
+_PARALLEL_FROM = 5_000
 
 
 def epochs_for(n_rows: int) -> int:
@@ -159,21 +162,26 @@ def optimize_layout(
     after = before.copy()
     indptr = csr.indptr.astype(np.int64)
     neighbours = csr.indices.astype(np.int64)
-    for epoch in range(n_epochs):
-        alpha = np.float32(learning_rate * (1.0 - epoch / n_epochs))
-        _epoch(
-            before,
-            after,
-            indptr,
-            neighbours,
-            epochs_per_sample,
-            next_sample,
-            next_negative,
-            attract,
-            repel,
-            alpha,
-            epoch,
-            seed,
-        )
-        before, after = after, before
+    threads = numba.get_num_threads()
+    numba.set_num_threads(threads if len(before) >= _PARALLEL_FROM else 1)
+    try:
+        for epoch in range(n_epochs):
+            alpha = np.float32(learning_rate * (1.0 - epoch / n_epochs))
+            _epoch(
+                before,
+                after,
+                indptr,
+                neighbours,
+                epochs_per_sample,
+                next_sample,
+                next_negative,
+                attract,
+                repel,
+                alpha,
+                epoch,
+                seed,
+            )
+            before, after = after, before
+    finally:
+        numba.set_num_threads(threads)
     return before

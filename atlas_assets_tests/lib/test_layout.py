@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.manifold import trustworthiness
 
+from atlas_assets.lib import layout
 from atlas_assets.lib.knn import knn_graph
 from atlas_assets.lib.layout import epochs_for, force_tables, optimize_layout
 from atlas_assets.lib.project import project
@@ -34,8 +35,12 @@ def graph_and_init():
     return graph, init, float(a), float(b)
 
 
-def test_same_seed_same_layout_on_one_thread_or_all(graph_and_init) -> None:
+def test_same_seed_same_layout_on_one_thread_or_all(graph_and_init, monkeypatch) -> None:
     graph, init, a, b = graph_and_init
+    monkeypatch.setattr(
+        layout, "_PARALLEL_FROM", 0
+    )  # small as it is, lay this graph out in parallel
+    assert numba.get_num_threads() > 1, "needs a machine with more than one core"
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
