@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.project
 	$(BIN)/python -m benchmarks.topics
 	$(BIN)/python -m benchmarks.duplicates
+	$(BIN)/python -m benchmarks.e2e
 	$(BIN)/python -m benchmarks.refresh
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.reader
