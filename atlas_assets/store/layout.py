@@ -5,6 +5,7 @@ Layout under ``$ATLAS_HOME``::
     .dagster/                          default DAGSTER_HOME (runs, logs, lineage)
     inbox/<dataset>/                   files dropped here are ingested by the discovery sensor
     cache/embeddings/<model-key>/      append-only (text hash -> vector) shards
+    models/<model-key>-static<v>.npz   static token table distilled from a model (fast path)
     datasets/[<org>/]<slug>/
         dataset.json                   identity, id field and index configuration
         shards/000001-<hash>.arrow     immutable batches from add_data, in upload order
@@ -171,6 +172,12 @@ def dataset_paths(identifier: str, home: Path | None = None) -> DatasetPaths:
 def embedding_cache_dir(model_key: str, home: Path | None = None) -> Path:
     """Where vectors of one model are cached by text hash."""
     return (home or atlas_home()) / "cache" / "embeddings" / model_key
+
+
+def static_model_path(static_key: str, home: Path | None = None) -> Path:
+    """The static token table distilled from a model, named by its key (which holds the method
+    version), shared by every dataset of the store."""
+    return (home or atlas_home()) / "models" / f"{static_key}.npz"
 
 
 def inbox_dir(home: Path | None = None) -> Path:
