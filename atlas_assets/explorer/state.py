@@ -21,8 +21,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from atlas_assets.options import NomicEmbedOptions
 from atlas_assets.reader.tags import open_tag_store
-from atlas_assets.store import ResourceNotReadyError, StaleResourceError, dataset_paths
+from atlas_assets.store import (
+    ResourceNotReadyError,
+    StaleResourceError,
+    dataset_paths,
+    resource_info,
+)
 from atlas_assets.store.datasets import load_meta, stored_embedding_dim
 
 # Distinct colours a colouring shows; rarer values share one "(other)" colour. Topics are all
@@ -212,11 +218,24 @@ class MapView:
         ]
 
     @cached_property
-    def semantic_model(self) -> str | None:
-        """The embedding model that made the latent vectors, or None for uploaded vectors."""
+    def semantic_embedding(self) -> NomicEmbedOptions | None:
+        """How the latent vectors were embedded (model and mode), or None for uploaded vectors.
+
+        Queries must be embedded the same way to land in the same space. The latent resource
+        records what built it; the index configuration may be newer than the build.
+        """
         if stored_embedding_dim(self.paths) is not None:
             return None
-        return (self.map.config.get("embedding") or {}).get("model")
+        built = (resource_info(self.paths.resource("latent")) or {}).get("params")
+        recorded = built or self.map.config.get("embedding") or {}
+        return NomicEmbedOptions(
+            **{k: recorded[k] for k in ("model", "mode") if recorded.get(k) is not None}
+        )
+
+    @property
+    def semantic_model(self) -> str | None:
+        """The embedding model that made the latent vectors, or None for uploaded vectors."""
+        return self.semantic_embedding.model if self.semantic_embedding else None
 
     @cached_property
     def topics(self) -> pd.DataFrame | None:
@@ -463,14 +482,15 @@ class MapView:
         query = check_query(query)
         if not 1 <= k <= MAX_SEMANTIC_K:
             raise ValueError(f"k must be between 1 and {MAX_SEMANTIC_K}, got {k}")
-        if self.semantic_model is None:
+        options = self.semantic_embedding
+        if options is None:
             raise ValueError(
                 "semantic search needs the model that embedded the map; this map was built "
                 "from uploaded vectors: use keyword search"
             )
         from atlas_assets.lib.embed import embed_texts
 
-        vector = embed_texts([query], model=self.semantic_model)
+        vector = embed_texts([query], model=options.model, mode=options.mode)
         ids, distances = self.map.embeddings.vector_search(queries=vector, k=min(k, self.n))
         return self.positions(ids[0]), distances[0]
 

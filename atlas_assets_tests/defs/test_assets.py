@@ -152,3 +152,50 @@ def test_a_failing_blocking_check_stops_the_downstream_assets(store, arxiv, monk
     assert "latent_aligned_with_dataset" in failed
     built = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     assert built == {"dataset", "latent"}  # knn_graph never ran
+
+
+def test_a_static_latent_never_reuses_transformer_vectors(store, arxiv, static_model):
+    """The fast path has its own vectors and cache: transformer vectors cached for the very
+    same texts are not taken, and the static ones are reused on the next run."""
+    from atlas_assets.lib import static_embed
+    from atlas_assets.lib.embed import model_key, text_hashes
+    from atlas_assets.store.cache import EmbeddingCache
+    from atlas_assets.store.layout import embedding_cache_dir, static_model_path
+
+    frame = arxiv.head(12)
+    texts = frame["title"].tolist()
+    ds = AtlasDataset("fast", unique_id_field="arxiv_id")
+    ds.add_data(frame)
+    ds.configure_index(
+        indexed_field="title",
+        embedding_model={"mode": "static"},
+        topic_model=False,
+        duplicate_detection=False,
+    )
+    # As if distilled on this machine before (a partial table: distilling all of it takes a
+    # minute), and as if a transformer map of the same titles had been built.
+    static_path = static_model_path(static_embed.static_key(), store)
+    static_embed.save(static_model, static_path, source="test")
+    hashes = np.unique(text_hashes(texts))
+    EmbeddingCache(embedding_cache_dir(model_key(), store)).add(hashes, np.ones((len(hashes), 384)))
+
+    def latent_metadata():
+        result = materialize("fast", {"dataset", "latent"})
+        assert result.success
+        event = next(
+            m
+            for m in result.get_asset_materialization_events()
+            if m.asset_key.to_user_string() == "latent"
+        )
+        return {k: v.value for k, v in event.materialization.metadata.items()}
+
+    first = latent_metadata()
+    assert first["dimensions"] == static_embed.PCA_DIMS
+    assert first["embedded_now"] == len(hashes) and first["from_cache"] == 0
+    atlas_map = ds.maps[0]
+    np.testing.assert_allclose(atlas_map.embeddings.latent, static_model.encode(texts), atol=1e-6)
+    info = resource_info(dataset_paths("fast").resource("latent"))
+    assert info["params"]["mode"] == "static"
+
+    second = latent_metadata()
+    assert second["embedded_now"] == 0 and second["from_cache"] == len(texts)

@@ -1,4 +1,5 @@
-"""The explorer's pure helpers: categories, coordinates, request checks, query terms."""
+"""The explorer's pure helpers: categories, coordinates, request checks, query terms; and the
+semantic search of a map built on the static fast path."""
 
 from __future__ import annotations
 
@@ -60,3 +61,30 @@ def test_query_terms_keep_quoted_phrases() -> None:
         "exact phrase",
         '"open',
     ]
+
+
+def test_semantic_search_of_a_static_map_embeds_the_query_statically(store, arxiv, static_model):
+    """Queries land in the map's own space: a transformer query (384 dimensions) could not
+    even be compared with these static vectors."""
+    from atlas_assets import AtlasDataset
+    from atlas_assets.explorer.state import MapView
+    from atlas_assets.lib import static_embed
+    from atlas_assets.store.layout import static_model_path
+
+    static_embed.save(
+        static_model, static_model_path(static_embed.static_key(), store), source="test"
+    )
+    frame = arxiv.head(40).reset_index(drop=True)
+    ds = AtlasDataset("fast-map", unique_id_field="arxiv_id")
+    ds.add_data(frame)
+    ds.create_index(
+        indexed_field="title",
+        embedding_model={"mode": "static"},
+        topic_model=False,
+        duplicate_detection=False,
+    )
+    view = MapView("fast-map")
+    assert view.semantic_embedding.mode == "static" and view.semantic_model == "all-MiniLM-L6-v2"
+    title = frame["title"][7]
+    positions, distances = view.semantic_search(title, k=3)
+    assert view.ids[positions[0]] == frame["arxiv_id"][7] and distances[0] < 1e-5

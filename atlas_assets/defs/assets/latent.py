@@ -1,3 +1,4 @@
+from pathlib import Path
 from time import perf_counter
 
 import dagster as dg
@@ -12,7 +13,7 @@ from atlas_assets.defs.assets.common import (
 )
 from atlas_assets.defs.metadata import table_metadata
 from atlas_assets.defs.resources import AtlasStore
-from atlas_assets.lib import embed
+from atlas_assets.lib import embed, static_embed
 from atlas_assets.options import NomicEmbedOptions
 from atlas_assets.store import resource_info, write_resource
 from atlas_assets.store.cache import EmbeddingCache
@@ -22,10 +23,16 @@ from atlas_assets.store.layout import embedding_cache_dir
 
 
 def embed_with_cache(
-    texts: list[str], options: NomicEmbedOptions, cache: EmbeddingCache, log
+    texts: list[str],
+    options: NomicEmbedOptions,
+    cache: EmbeddingCache,
+    log,
+    home: Path | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """Vectors for ``texts``, embedding only texts missing from the cache.
 
+    ``cache`` must be the cache of ``options``' model and mode. In static mode the static model
+    is read from the store at ``home`` (or distilled there first, logging its progress).
     Returns the vectors, how many distinct texts were embedded now and how many rows came
     from the cache.
     """
@@ -38,10 +45,26 @@ def embed_with_cache(
 
     def progress(done: int, total: int) -> None:
         if done == total or done % (options.batch_size * 10) == 0:
-            log.info(f"embedded {done}/{total} texts with {options.model}")
+            log.info(f"embedded {done}/{total} texts with {options.model} ({options.mode})")
+
+    if options.mode == "static":
+        logged = [0]
+
+        def distilling(done: int, total: int) -> None:
+            # A line per ~5,000 tokens: distilling MiniLM passes ~60,000 in about a minute.
+            if done == total or done - logged[0] >= 5_000:
+                logged[0] = done
+                log.info(f"distilling a static model from {options.model}: {done}/{total} tokens")
+
+        static_embed.load_static_model(options.model, home=home, progress=distilling)
 
     fresh = embed.embed_texts(
-        [texts[i] for i in rows], options.model, batch_size=options.batch_size, progress=progress
+        [texts[i] for i in rows],
+        options.model,
+        mode=options.mode,
+        batch_size=options.batch_size,
+        progress=progress,
+        home=home,
     )
     cache.add(todo, fresh)
     if vectors is None:
@@ -60,9 +83,10 @@ def latent(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materiali
     """High-dimensional embeddings: one normalised float32 vector per datum, in dataset order.
 
     Texts of the indexed field go through the sentence-transformers model of the index
-    (default: the bundled all-MiniLM-L6-v2); vectors are cached by (model, text hash), so a refresh
-    embeds only new or changed texts. Vectors uploaded with ``add_data(embeddings=...)`` are used
-    as they are (normalised).
+    (default: the bundled all-MiniLM-L6-v2), or with ``mode="static"`` through a static token
+    table distilled from it (faster, blurrier topics); vectors are cached by (model, mode, text
+    hash), so a refresh embeds only new or changed texts. Vectors uploaded with
+    ``add_data(embeddings=...)`` are used as they are (normalised).
     """
     start = perf_counter()
     paths = store.paths(context.partition_key)
@@ -79,8 +103,11 @@ def latent(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materiali
         options = NomicEmbedOptions(**config.get("embedding", {}))
         field = config["indexed_field"]
         texts = [t or "" for t in data.column(field).cast(pa.string()).to_pylist()]
-        cache = EmbeddingCache(embedding_cache_dir(embed.model_key(options.model), store.home()))
-        vectors, embedded, cached = embed_with_cache(texts, options, cache, context.log)
+        key = embed.model_key(options.model, options.mode)
+        cache = EmbeddingCache(embedding_cache_dir(key, store.home()))
+        vectors, embedded, cached = embed_with_cache(
+            texts, options, cache, context.log, home=store.home()
+        )
         params = {**options.model_dump(), "indexed_field": field}
     table = pa.table({id_field: data.column(id_field), "embedding": fixed_list(vectors)})
     write_resource(
