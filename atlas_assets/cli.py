@@ -44,9 +44,12 @@ def _index_options(args: argparse.Namespace) -> dict:
             else True
         )
     )
+    embedding = {
+        k: v for k, v in {"model": args.model, "mode": args.embed_mode}.items() if v is not None
+    }
     return {
         "indexed_field": args.field,
-        "embedding_model": args.model,
+        "embedding_model": embedding or None,
         "projection": projection or None,
         "topic_model": not args.no_topics,
         "duplicate_detection": duplicates,
@@ -192,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("dataset")
     index.add_argument("--field", help="text column to embed (default: the map's current one)")
     index.add_argument("--model", help="sentence-transformers model name or path")
+    index.add_argument(
+        "--embed-mode",
+        choices=("transformer", "static"),
+        help="'static': the fast path, a static table distilled from the model (blurrier topics)",
+    )
     index.add_argument("--n-neighbors", type=int, help="UMAP neighbours (default 15)")
     index.add_argument("--seed", type=int, help="random seed (default 0)")
     index.add_argument("--no-topics", action="store_true", help="skip the topic model")

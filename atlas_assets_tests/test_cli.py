@@ -70,3 +70,19 @@ def test_bind_records_the_source_and_needs_own_ids(store, arxiv, tmp_path, capsy
     assert "bound is bound to" in capsys.readouterr().out
     assert main(["bind", "no-ids", str(source)]) == 2
     assert "unique_id_field" in capsys.readouterr().err
+
+
+def test_index_options_take_the_embedding_mode():
+    from atlas_assets.cli import _index_options, build_parser
+
+    def options(*flags):
+        return _index_options(build_parser().parse_args(["index", "papers", *flags]))
+
+    assert options()["embedding_model"] is None  # the defaults
+    assert options("--embed-mode", "static")["embedding_model"] == {"mode": "static"}
+    assert options("--model", "m", "--embed-mode", "transformer")["embedding_model"] == {
+        "model": "m",
+        "mode": "transformer",
+    }
+    with pytest.raises(SystemExit):
+        options("--embed-mode", "fast")
