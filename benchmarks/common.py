@@ -66,7 +66,8 @@ def arxiv(n: int | None = None) -> Corpus:
     return _head(Corpus("arxiv", texts, df.archive.astype(str).to_numpy()), n)
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """The benchmarks' cache folder, created and git-ignored (``ATLAS_BENCH_CACHE`` moves it)."""
     cache = Path(os.environ.get("ATLAS_BENCH_CACHE", DEFAULT_CACHE))
     cache.mkdir(parents=True, exist_ok=True)
     ignore = cache / ".gitignore"
@@ -80,7 +81,7 @@ def cache_path(model: str, texts: Sequence[str]) -> Path:
     from atlas_assets.lib.embed import model_key
 
     digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
-    return _cache_dir() / f"{model_key(model)}-{len(texts)}-{digest}.npy"
+    return cache_dir() / f"{model_key(model)}-{len(texts)}-{digest}.npy"
 
 
 def cached_vectors(model: str, texts: Sequence[str]) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 """Benchmark semantic duplicate detection (``atlas_assets.lib.duplicates``).
 
 Run ``.venv/bin/python -m benchmarks.duplicates [--quick]``. Real text from ../shared/datasets
-(skipped cleanly when absent), embedded with the bundled MiniLM and cached in /tmp:
+(skipped cleanly when absent), embedded with the bundled MiniLM and cached (``data/bench-cache``):
 
 * BBC News: 2,225 articles, 98 of them exact duplicates of another article.
 * AG News test: 7,600 snippets plus injected copies of 600 originals: 300 exact copies and 300
@@ -31,7 +31,6 @@ from atlas_assets.lib.knn import knn_graph
 from benchmarks import common
 
 DATASETS = common.DATASETS
-CACHE = common.DEFAULT_CACHE / "duplicates"  # git-ignored, beside the other benchmarks'
 CUTOFFS = (0.05, 0.1, 0.2)
 EDITS = ("case", "punct", "dropword")
 
@@ -44,9 +43,11 @@ def cached_embed(texts: Sequence[str], name: str) -> np.ndarray:
     """Embed ``texts`` with the bundled MiniLM, caching each text's vector by content hash.
 
     A per-text cache (not per list) means changing the injected copies re-embeds only new texts.
+    It lives in ``duplicates/`` of the benchmarks' cache (``ATLAS_BENCH_CACHE`` moves it).
     """
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{name}.npz"
+    cache = common.cache_dir() / "duplicates"
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{name}.npz"
     keys = np.array([hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts])
     known: dict[str, np.ndarray] = {}
     if path.exists():
@@ -61,7 +62,10 @@ def cached_embed(texts: Sequence[str], name: str) -> np.ndarray:
         vecs = embed_texts([by_key[k] for k in missing])
         print(f"  embedded {len(missing)} {name} texts in {time.perf_counter() - t0:.0f}s")
         known.update(zip(missing, vecs, strict=True))
-        np.savez(path, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
+        # Atomically: other benchmarks may read this cache meanwhile.
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
+        tmp.replace(path)
     return np.stack([known[k] for k in keys.tolist()]).astype(np.float32)
 
 
@@ -95,9 +99,10 @@ def _edit(text: str, kind: str, rng: np.random.Generator) -> str:
 
 
 def load_ag_injected(
-    n_exact: int = 300, n_edited: int = 300, seed: int = 0
+    n_exact: int = 300, n_edited: int = 300, seed: int = 0, limit: int | None = None
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
-    """AG News test texts with injected copies inserted at random positions.
+    """AG News test texts (the first ``limit``, default all) with injected copies inserted at
+    random positions.
 
     Returns ``(texts, source, kind, original)``: ``source[r]`` is the AG row the text came from,
     ``kind[r]`` is ``"original"``, ``"exact"`` or an edit name, and ``original`` marks the AG
@@ -106,7 +111,7 @@ def load_ag_injected(
     path = DATASETS / "ag_news_test" / "ag_news_test.csv.gz"
     if not path.exists():
         return None
-    base = pd.read_csv(path)["text"].fillna("").tolist()
+    base = pd.read_csv(path)["text"].fillna("").tolist()[:limit]
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(base), n_exact + n_edited, replace=False)
     rows: list[tuple[str, int, str]] = [(t, i, "original") for i, t in enumerate(base)]
