@@ -11,6 +11,7 @@ from atlas_assets.lib.layout import epochs_for, optimize_layout
 # UMAP needs a handful of neighbours; below this many rows the map is plain PCA.
 _MIN_UMAP_ROWS = 8
 _SMOOTHING_STEPS = 50
+_BLOCK_ROWS = 65_536
 
 
 def _pca_2d(latent: np.ndarray) -> np.ndarray:
@@ -34,11 +35,16 @@ def _initial_layout(latent: np.ndarray, graph: scipy.sparse.spmatrix, seed: int)
     on to convergence did no better. The result is scaled to umap-learn's box of +-10, with a
     little seeded noise to separate identical vectors.
     """
-    centred = latent - latent.mean(axis=0, dtype=np.float64).astype(np.float32)
-    _, vectors = np.linalg.eigh(centred.T.astype(np.float64) @ centred)
+    mean = latent.mean(axis=0, dtype=np.float64)
+    # The covariance is summed over blocks of rows: no centred copy of a 1M-row latent.
+    scatter = np.zeros((latent.shape[1], latent.shape[1]))
+    for start in range(0, latent.shape[0], _BLOCK_ROWS):
+        block = latent[start : start + _BLOCK_ROWS]
+        scatter += (block.T @ block).astype(np.float64)
+    _, vectors = np.linalg.eigh(scatter - latent.shape[0] * np.outer(mean, mean))
     top = vectors[:, ::-1][:, :2]
     top *= np.sign(top[np.abs(top).argmax(axis=0), [0, 1]])  # a fixed sign, whatever LAPACK
-    coords = (centred @ top.astype(np.float32)).astype(np.float64)
+    coords = (latent @ top.astype(np.float32) - (mean @ top).astype(np.float32)).astype(np.float64)
 
     # Iterate with (I + D^-1/2 W D^-1/2) / 2, whose top eigenvector sqrt(degree) is projected out.
     root_degree = np.sqrt(np.maximum(np.asarray(graph.sum(axis=1)).ravel(), 1e-12))
