@@ -77,3 +77,14 @@ def test_reader_benchmark_runs(capsys, monkeypatch, tmp_path):
     line = reader.main(["--n", "2000"])
     assert _last_line(capsys) == line
     assert LAST_LINE.match(line).group(1) == "reader"
+
+
+def test_e2e_benchmark_runs(capsys, monkeypatch, tmp_path):
+    from benchmarks import e2e
+
+    for var in ("ATLAS_HOME", "DAGSTER_HOME"):  # the benchmark points both at a temporary store
+        monkeypatch.setenv(var, str(tmp_path))
+    line = e2e.main(["--n", "20"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "e2e"
+    assert "map:20rows," in line and "checks_passed" in line
