@@ -12,21 +12,20 @@ growth of the resident set, beside a baseline that reads the same files into mem
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from benchmarks.common import rss_mb
 
-def rss_mb() -> float:
-    """This process's resident set, from /proc (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+
+def growth_mb(before: float) -> float:
+    """RSS growth since ``before``; never negative (freed memory of earlier work can shrink it)."""
+    return max(rss_mb() - before, 0.0)
 
 
 def write_map(n: int, dim: int = 384) -> None:
@@ -91,20 +90,22 @@ def main(argv: list[str] | None = None) -> str:
         write_map(n)
         from atlas_assets import AtlasDataset
 
+        gc.collect()
         before, start = rss_mb(), time.perf_counter()
         atlas_map = AtlasDataset("reader-bench").maps[0]
         tables = (atlas_map.data.tb, atlas_map.topics.tb)
         latent = atlas_map.embeddings.latent
         assert latent.shape == (n, 384) and all(t.num_rows == n for t in tables)
-        ours_s, ours_mb = time.perf_counter() - start, rss_mb() - before
+        ours_s, ours_mb = time.perf_counter() - start, growth_mb(before)
 
         resources = atlas_map._paths.resources
+        gc.collect()
         before, start = rss_mb(), time.perf_counter()
         copies = [
             pa.ipc.open_file(pa.OSFile(str(resources / f"{r}.arrow"))).read_all()
             for r in ("dataset", "topics", "latent")
         ]
-        base_s, base_mb = time.perf_counter() - start, rss_mb() - before
+        base_s, base_mb = time.perf_counter() - start, growth_mb(before)
         assert sum(c.num_rows for c in copies) == 3 * n
 
     size_mb = n * 384 * 4 / 1024**2
