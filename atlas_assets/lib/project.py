@@ -14,15 +14,29 @@ _SMOOTHING_STEPS = 50
 _BLOCK_ROWS = 65_536
 
 
+def _principal_coords(latent: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` float64 coordinates on the first two principal components (zero-padded).
+
+    Solved from the ``d x d`` covariance, summed over blocks of rows so a 1M-row latent is never
+    copied; the components' signs are fixed, whatever LAPACK returns.
+    """
+    mean = latent.mean(axis=0, dtype=np.float64)
+    scatter = np.zeros((latent.shape[1], latent.shape[1]))
+    for start in range(0, latent.shape[0], _BLOCK_ROWS):
+        block = latent[start : start + _BLOCK_ROWS]
+        scatter += (block.T @ block).astype(np.float64)
+    _, vectors = np.linalg.eigh(scatter - latent.shape[0] * np.outer(mean, mean))
+    top = vectors[:, ::-1][:, :2]
+    top *= np.sign(top[np.abs(top).argmax(axis=0), np.arange(top.shape[1])])
+    coords = np.zeros((latent.shape[0], 2))
+    coords[:, : top.shape[1]] = latent @ top.astype(np.float32) - (mean @ top).astype(np.float32)
+    return coords
+
+
 def _pca_2d(latent: np.ndarray) -> np.ndarray:
     if latent.shape[0] < 2:
         return np.zeros((latent.shape[0], 2), np.float32)
-    centred = latent - latent.mean(axis=0, keepdims=True)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    out = np.zeros((centred.shape[0], 2), np.float32)
-    comps = centred @ vt[:2].T
-    out[:, : comps.shape[1]] = comps
-    return out
+    return _principal_coords(latent).astype(np.float32)
 
 
 def _initial_layout(latent: np.ndarray, graph: scipy.sparse.spmatrix, seed: int) -> np.ndarray:
@@ -35,16 +49,7 @@ def _initial_layout(latent: np.ndarray, graph: scipy.sparse.spmatrix, seed: int)
     on to convergence did no better. The result is scaled to umap-learn's box of +-10, with a
     little seeded noise to separate identical vectors.
     """
-    mean = latent.mean(axis=0, dtype=np.float64)
-    # The covariance is summed over blocks of rows: no centred copy of a 1M-row latent.
-    scatter = np.zeros((latent.shape[1], latent.shape[1]))
-    for start in range(0, latent.shape[0], _BLOCK_ROWS):
-        block = latent[start : start + _BLOCK_ROWS]
-        scatter += (block.T @ block).astype(np.float64)
-    _, vectors = np.linalg.eigh(scatter - latent.shape[0] * np.outer(mean, mean))
-    top = vectors[:, ::-1][:, :2]
-    top *= np.sign(top[np.abs(top).argmax(axis=0), [0, 1]])  # a fixed sign, whatever LAPACK
-    coords = (latent @ top.astype(np.float32) - (mean @ top).astype(np.float32)).astype(np.float64)
+    coords = _principal_coords(latent)
 
     # Iterate with (I + D^-1/2 W D^-1/2) / 2, whose top eigenvector sqrt(degree) is projected out.
     root_degree = np.sqrt(np.maximum(np.asarray(graph.sum(axis=1)).ravel(), 1e-12))
