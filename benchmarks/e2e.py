@@ -42,11 +42,10 @@ def build_map(frame: pd.DataFrame, name: str):
 def by_hand(texts: list[str]):
     """The notebook baseline: plain ``encode`` then ``umap.UMAP()`` with its defaults."""
     import umap
-    from sentence_transformers import SentenceTransformer
 
-    from atlas_assets.lib.embed import resolve_model
+    from benchmarks.embed import plain_model
 
-    model = SentenceTransformer(resolve_model(), device="cpu")
+    model = plain_model()
     start = time.perf_counter()
     vectors = model.encode(texts, convert_to_numpy=True)
     encode = time.perf_counter() - start

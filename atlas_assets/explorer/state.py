@@ -232,11 +232,6 @@ class MapView:
             **{k: recorded[k] for k in ("model", "mode") if recorded.get(k) is not None}
         )
 
-    @property
-    def semantic_model(self) -> str | None:
-        """The embedding model that made the latent vectors, or None for uploaded vectors."""
-        return self.semantic_embedding.model if self.semantic_embedding else None
-
     @cached_property
     def topics(self) -> pd.DataFrame | None:
         """``[id, topic_depth_1, ...]`` if the topics resource is built and current."""
@@ -552,7 +547,7 @@ class MapView:
             "topic_depths": len(self.topic_depths),
             "topics": self.topic_labels,
             "has_duplicates": self.duplicates is not None,
-            "semantic_search": self.semantic_model is not None,
+            "semantic_search": self.semantic_embedding is not None,
             "tags": self.tags(),
         }
 

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -31,8 +32,9 @@ def resolve_model(model: str = DEFAULT_MODEL) -> str:
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in ("transformer", "static"):
-        raise ValueError(f"embedding mode must be 'transformer' or 'static', got {mode!r}")
+    if mode not in get_args(EmbedMode):
+        known = " or ".join(repr(m) for m in get_args(EmbedMode))
+        raise ValueError(f"embedding mode must be {known}, got {mode!r}")
 
 
 def model_key(model: str = DEFAULT_MODEL, mode: EmbedMode = "transformer") -> str:

@@ -203,6 +203,15 @@ def load(path: Path) -> StaticModel:
         return StaticModel(stored["table"], str(stored["tokenizer"]))
 
 
+def model_file(
+    model: str = DEFAULT_MODEL, *, home: Path | None = None, vocab_limit: int | None = None
+) -> Path:
+    """Where the static model of ``model`` is kept in the store at ``home``. A ``vocab_limit``
+    (for tests) is part of the name, so a partial table never stands in for the full one."""
+    key = static_key(model) + (f"-vocab{vocab_limit}" if vocab_limit is not None else "")
+    return static_model_path(key, home)
+
+
 _LOADED: dict[Path, StaticModel] = {}
 _LOADING = Lock()
 
@@ -218,11 +227,9 @@ def load_static_model(
 
     Distillation (about a minute for MiniLM on two cores) runs once per store: the result is
     written under ``home`` (default ``$ATLAS_HOME``), and a file lock makes concurrent runs wait
-    for the first instead of distilling again. ``vocab_limit`` (for tests) is part of the file
-    name, so a partial table never stands in for the full one.
+    for the first instead of distilling again. ``vocab_limit``: see :func:`model_file`.
     """
-    key = static_key(model) + (f"-vocab{vocab_limit}" if vocab_limit is not None else "")
-    path = static_model_path(key, home)
+    path = model_file(model, home=home, vocab_limit=vocab_limit)
     with _LOADING:
         if path not in _LOADED:
             with locked(path.with_suffix(".lock")):

@@ -160,7 +160,7 @@ def test_a_static_latent_never_reuses_transformer_vectors(store, arxiv, static_m
     from atlas_assets.lib import static_embed
     from atlas_assets.lib.embed import model_key, text_hashes
     from atlas_assets.store.cache import EmbeddingCache
-    from atlas_assets.store.layout import embedding_cache_dir, static_model_path
+    from atlas_assets.store.layout import embedding_cache_dir
 
     frame = arxiv.head(12)
     texts = frame["title"].tolist()
@@ -174,7 +174,7 @@ def test_a_static_latent_never_reuses_transformer_vectors(store, arxiv, static_m
     )
     # As if distilled on this machine before (a partial table: distilling all of it takes a
     # minute), and as if a transformer map of the same titles had been built.
-    static_path = static_model_path(static_embed.static_key(), store)
+    static_path = static_embed.model_file(home=store)
     static_embed.save(static_model, static_path, source="test")
     hashes = np.unique(text_hashes(texts))
     EmbeddingCache(embedding_cache_dir(model_key(), store)).add(hashes, np.ones((len(hashes), 384)))

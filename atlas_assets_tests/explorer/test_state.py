@@ -69,11 +69,8 @@ def test_semantic_search_of_a_static_map_embeds_the_query_statically(store, arxi
     from atlas_assets import AtlasDataset
     from atlas_assets.explorer.state import MapView
     from atlas_assets.lib import static_embed
-    from atlas_assets.store.layout import static_model_path
 
-    static_embed.save(
-        static_model, static_model_path(static_embed.static_key(), store), source="test"
-    )
+    static_embed.save(static_model, static_embed.model_file(home=store), source="test")
     frame = arxiv.head(40).reset_index(drop=True)
     ds = AtlasDataset("fast-map", unique_id_field="arxiv_id")
     ds.add_data(frame)
@@ -84,7 +81,8 @@ def test_semantic_search_of_a_static_map_embeds_the_query_statically(store, arxi
         duplicate_detection=False,
     )
     view = MapView("fast-map")
-    assert view.semantic_embedding.mode == "static" and view.semantic_model == "all-MiniLM-L6-v2"
+    assert view.semantic_embedding.mode == "static"
+    assert view.semantic_embedding.model == "all-MiniLM-L6-v2"
     title = frame["title"][7]
     positions, distances = view.semantic_search(title, k=3)
     assert view.ids[positions[0]] == frame["arxiv_id"][7] and distances[0] < 1e-5

@@ -12,7 +12,6 @@ import pytest
 from atlas_assets.lib import static_embed
 from atlas_assets.lib.embed import embed_texts, model_key
 from atlas_assets.options import NomicEmbedOptions, coerce_options
-from atlas_assets.store.layout import static_model_path
 from atlas_assets_tests.conftest import STATIC_VOCAB
 
 SPORT = "the team won the game last night"
@@ -52,7 +51,8 @@ def test_distilled_once_then_read_from_the_store(tmp_path, monkeypatch, static_m
     monkeypatch.setattr(static_embed, "distill", fake_distill)
     monkeypatch.setattr(static_embed, "_LOADED", {})
     first = static_embed.load_static_model(home=tmp_path, vocab_limit=STATIC_VOCAB)
-    path = static_model_path(f"{static_embed.static_key()}-vocab{STATIC_VOCAB}", tmp_path)
+    path = static_embed.model_file(home=tmp_path, vocab_limit=STATIC_VOCAB)
+    assert path != static_embed.model_file(home=tmp_path)
     assert calls == ["all-MiniLM-L6-v2"] and path.is_file()
 
     monkeypatch.setattr(static_embed, "_LOADED", {})  # a new process: only the file is left
@@ -60,14 +60,12 @@ def test_distilled_once_then_read_from_the_store(tmp_path, monkeypatch, static_m
     assert len(calls) == 1 and second is not first
     np.testing.assert_array_equal(second.encode([SPORT]), first.encode([SPORT]))
     # The partial table of a test never stands in for the full one.
-    assert not static_model_path(static_embed.static_key(), tmp_path).exists()
+    assert not static_embed.model_file(home=tmp_path).exists()
 
 
 def test_embed_texts_in_static_mode_reads_the_store(tmp_path, monkeypatch, static_model):
     monkeypatch.setattr(static_embed, "_LOADED", {})
-    static_embed.save(
-        static_model, static_model_path(static_embed.static_key(), tmp_path), source="test"
-    )
+    static_embed.save(static_model, static_embed.model_file(home=tmp_path), source="test")
     vectors = embed_texts([SPORT, POLITICS], mode="static", home=tmp_path)
     np.testing.assert_allclose(vectors, static_model.encode([SPORT, POLITICS]), rtol=1e-6)
 
