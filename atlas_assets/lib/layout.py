@@ -11,13 +11,16 @@ in proportion to its membership strength, five negative samples per positive one
 clipped at 4 and a learning rate decaying linearly to zero. Measured against ``umap.UMAP()`` in
 ``benchmarks/project.py``, three departures buy speed or trustworthiness:
 
-* forces come from a table instead of two calls to ``pow``, which took most of the time;
-* a sample's negatives all push from the same position, so their memory reads overlap instead
-  of waiting on one another;
+* forces come from a table instead of two calls to ``pow``, which took most of the time; the
+  table is indexed by the bits of the float ``d^2`` (512 cells per octave), so no division either;
 * a sampled edge pulls only the point that owns it; umap-learn also pulls the other end, so its
   points feel each attraction twice. Pulling once kept trustworthiness nearer umap-learn's
   (0.934 to 0.938 against 0.927 to 0.933 over seeds at 20k rows); clusters come out a little
-  looser.
+  looser;
+* a point's negative samples for the epoch all push at once, from where that epoch's
+  attractions left it, in blocks of eight that the compiler turns into SIMD gathers. Against
+  pushing after each edge this took 30% less time and raised trustworthiness at 20k rows of
+  real text from 0.912 to 0.920 (AG News + arXiv + Reuters) and 0.899 to 0.904 (Reuters).
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ from __future__ import annotations
 import numba
 import numpy as np
 import scipy.sparse
+from numba.core import types
+from numba.extending import intrinsic
 
 NEGATIVE_SAMPLE_RATE = 5
 _CLIP = 4.0
-# Forces are tabulated over t = d^2 / (1 + d^2), which maps [0, inf) onto [0, 1): one division
-# finds the cell. 16k float32 cells per table keep both tables in the L2 cache.
-_CELLS = 16_384
+# The force tables have 2^_OCTAVE_BITS cells per octave of d^2 over [2^_LOW_OCTAVE, 2^16): the
+# cell is the float's exponent and top mantissa bits, read straight off its bit pattern, and the
+# remaining mantissa bits interpolate linearly. 16k float32 cells each keep both in the L2 cache.
+_OCTAVE_BITS = 9
+_LOW_OCTAVE = -16
+_CELLS = (16 - _LOW_OCTAVE) << _OCTAVE_BITS
+_SHIFT = 23 - _OCTAVE_BITS  # float32 has 23 mantissa bits
+_FIRST_CELL = (127 + _LOW_OCTAVE) << _OCTAVE_BITS  # 127: float32's exponent bias
+_LANES = 8  # negative samples per SIMD block: one AVX2 register of float32
 _GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
+_GOLDEN32 = 0x9E3779B9
 # Below this many points an epoch is too short to share: the threads would mostly wait on each
 # other, and on a busy machine a descheduled one stalls every epoch.
 _PARALLEL_FROM = 5_000
@@ -43,21 +55,38 @@ def epochs_for(n_rows: int) -> int:
 
 
 def force_tables(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
-    """UMAP's attraction and repulsion gradient coefficients on the grid ``t = d^2/(1+d^2)``."""
-    t = np.arange(_CELLS + 1) / _CELLS
-    # The ends are clamped: attraction diverges at d = 0 and both vanish as d grows.
-    d2 = np.clip(t / np.maximum(1.0 - t, 1e-12), 1e-6, 1e12)
+    """UMAP's attraction and repulsion gradient coefficients at the cell edges ``_force`` reads."""
+    cells = np.arange(_CELLS + 1, dtype=np.int64)
+    d2 = ((cells + _FIRST_CELL) << _SHIFT).astype(np.uint32).view(np.float32).astype(np.float64)
     d2b = d2**b
     attract = -2.0 * a * b * d2 ** (b - 1.0) / (1.0 + a * d2b)
     repel = 2.0 * b / ((0.001 + d2) * (1.0 + a * d2b))
     return attract.astype(np.float32), repel.astype(np.float32)
 
 
+@intrinsic
+def _float_bits(typingctx, value):
+    """The IEEE-754 bit pattern of a float32 as an int32 (a register move, no conversion)."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int32))
+
+    return sig, codegen
+
+
 @numba.njit(inline="always", fastmath=True)
 def _force(table, d2):
-    pos = d2 / (1.0 + d2) * _CELLS
-    k = min(int(pos), _CELLS - 1)  # t rounds to 1.0 for huge d^2
-    return table[k] + (pos - k) * (table[k + 1] - table[k])
+    """``table`` (from ``force_tables``) at ``d2 >= 0``, interpolated; clamped outside its range,
+    where attraction diverges (d = 0) or both forces have vanished."""
+    bits = _float_bits(np.float32(d2))
+    cell = (bits >> _SHIFT) - _FIRST_CELL
+    frac = np.float32(bits & ((1 << _SHIFT) - 1)) * np.float32(1.0 / (1 << _SHIFT))
+    if cell < 0:
+        cell, frac = 0, np.float32(0.0)
+    elif cell >= _CELLS:
+        cell, frac = _CELLS - 1, np.float32(1.0)
+    return table[cell] + frac * (table[cell + 1] - table[cell])
 
 
 @numba.njit(inline="always")
@@ -71,6 +100,19 @@ def _mix(x):
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
+
+
+@numba.njit(inline="always")
+def _draw(stream, counter, n):
+    """The ``counter``-th uniform index in ``[0, n)`` of a point's ``stream``: 32-bit arithmetic
+    (a "lowbias32" hash) so that eight draws fit one SIMD register."""
+    x = np.uint32(stream + np.uint32(counter) * np.uint32(_GOLDEN32))
+    x = np.uint32(x ^ (x >> np.uint32(16)))
+    x = np.uint32(x * np.uint32(0x7FEB352D))
+    x = np.uint32(x ^ (x >> np.uint32(15)))
+    x = np.uint32(x * np.uint32(0x846CA68B))
+    x = np.uint32(x ^ (x >> np.uint32(16)))
+    return np.int64((np.uint64(x) * np.uint64(n)) >> np.uint64(32))
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -92,10 +134,7 @@ def _epoch(
     for i in numba.prange(n):
         x = before[i, 0]
         y = before[i, 1]
-        # Counter-based draws: each is a hash of (seed, epoch, point, counter), independent of the
-        # previous one, so successive draws do not wait on each other.
-        base = _mix(_mix(np.uint64(seed) * np.uint64(_GOLDEN) + np.uint64(epoch)) ^ np.uint64(i))
-        counter = np.uint64(0)
+        negatives = 0
         for e in range(indptr[i], indptr[i + 1]):
             if next_sample[e] > epoch:
                 continue
@@ -108,29 +147,34 @@ def _epoch(
                 x += _clip(force * dx) * alpha
                 y += _clip(force * dy) * alpha
             next_sample[e] += epochs_per_sample[e]
-
             per_negative = epochs_per_sample[e] / NEGATIVE_SAMPLE_RATE
-            n_negative = int((epoch - next_negative[e]) / per_negative)
-            push_x = np.float32(0.0)
-            push_y = np.float32(0.0)
-            for _ in range(n_negative):
-                counter += np.uint64(1)
-                draw = _mix(base + counter * np.uint64(_GOLDEN))
-                k = np.int64(((draw >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
-                if k == i:
-                    continue
+            due = int((epoch - next_negative[e]) / per_negative)
+            next_negative[e] += due * per_negative
+            negatives += due
+
+        # Counter-based draws: each is a hash of (seed, epoch, point, counter), so none waits on
+        # another and the map does not depend on which thread ran the point.
+        stream = np.uint32(
+            _mix(_mix(np.uint64(seed) * np.uint64(_GOLDEN) + np.uint64(epoch)) ^ np.uint64(i))
+            & np.uint64(0xFFFFFFFF)
+        )
+        push_x = np.float32(0.0)
+        push_y = np.float32(0.0)
+        # Whole blocks, with the lanes past the last sample masked: a fixed-length inner loop
+        # without branches is what the compiler vectorises.
+        for block in range((negatives + _LANES - 1) // _LANES):
+            for lane in range(_LANES):
+                draw = block * _LANES + lane
+                k = _draw(stream, draw, n)
                 dx = x - before[k, 0]
                 dy = y - before[k, 1]
                 d2 = dx * dx + dy * dy
-                if d2 > 0.0:
-                    force = _force(repel, d2)
-                    push_x += _clip(force * dx)
-                    push_y += _clip(force * dy)
-            x += push_x * alpha
-            y += push_y * alpha
-            next_negative[e] += n_negative * per_negative
-        after[i, 0] = x
-        after[i, 1] = y
+                live = draw < negatives and k != i and d2 > 0.0
+                force = _force(repel, d2) * (np.float32(1.0) if live else np.float32(0.0))
+                push_x += _clip(force * dx)
+                push_y += _clip(force * dy)
+        after[i, 0] = x + push_x * alpha
+        after[i, 1] = y + push_y * alpha
 
 
 def optimize_layout(

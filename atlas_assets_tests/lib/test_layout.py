@@ -77,19 +77,17 @@ def test_bad_init_shape_is_refused(graph_and_init) -> None:
         optimize_layout(graph, init[:10], a=a, b=b, n_epochs=5)
 
 
-def test_force_tables_match_umaps_gradients() -> None:
+def test_force_lookup_matches_umaps_gradients() -> None:
     a, b = 1.577, 0.895
     attract, repel = force_tables(a, b)
-    cells = len(attract) - 1
-    for d2 in (1e-3, 0.1, 1.0, 10.0, 100.0):
-        t = d2 / (1 + d2) * cells
-        k = int(t)
-        got_a = attract[k] + (t - k) * (attract[k + 1] - attract[k])
-        got_r = repel[k] + (t - k) * (repel[k + 1] - repel[k])
+    for d2 in (1e-4, 1e-3, 0.1, 0.37, 1.0, 2.5, 10.0, 100.0, 1e4):
         want_a = -2 * a * b * d2 ** (b - 1) / (1 + a * d2**b)
         want_r = 2 * b / ((0.001 + d2) * (1 + a * d2**b))
-        assert got_a == pytest.approx(want_a, rel=1e-3)
-        assert got_r == pytest.approx(want_r, rel=1e-3)
+        assert layout._force(attract, np.float32(d2)) == pytest.approx(want_a, rel=1e-4)
+        assert layout._force(repel, np.float32(d2)) == pytest.approx(want_r, rel=1e-4)
+    # Outside the table: clamped to its ends, finite, and vanishing far away.
+    assert np.isfinite(layout._force(attract, np.float32(0.0)))
+    assert 0 <= layout._force(repel, np.float32(1e9)) < 1e-8
 
 
 def test_epochs_follow_umap_learn() -> None:
