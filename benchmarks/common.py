@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -57,6 +58,20 @@ def ag_news(n: int | None = None) -> Corpus | None:
     df = pd.read_csv(path)
     labels = df.label_name.astype(str).to_numpy()
     return _head(Corpus("ag_news", df.text.fillna("").tolist(), labels), n)
+
+
+def reuters(n: int | None = None) -> Corpus | None:
+    """Reuters-21578 (title + body of the 21,578 newswire items that have text; labels are each
+    item's first topic group, empty when it has none), or None when it is absent."""
+    path = DATASETS / "reuters21578" / "reuters21578.csv.gz"
+    if not path.exists():
+        skip("Reuters-21578", f"{path} not found (../shared/datasets is not beside this checkout)")
+        return None
+    df = pd.read_csv(path)
+    texts = (df.title.fillna("") + ". " + df.body.fillna("")).str.strip(" .")
+    df, texts = df[texts != ""], texts[texts != ""]
+    labels = df.topic_groups.fillna("").astype(str).str.split(";").str[0].to_numpy()
+    return _head(Corpus("reuters", texts.tolist(), labels), n)
 
 
 def arxiv(n: int | None = None) -> Corpus:
@@ -144,15 +159,55 @@ def timed(fn: Callable[[], object]) -> tuple[object, Timer]:
     return out, t
 
 
-def rss_mb() -> float:
-    """This process's resident set size in MiB (Linux), NaN elsewhere."""
+def _status_mb(field: str) -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MiB (Linux), NaN elsewhere."""
+    return _status_mb("VmRSS")
+
+
+class RssSampler:
+    """Samples this process's memory every ``interval`` seconds on a daemon thread.
+
+    Each sample is ``(unix time, resident MiB, anonymous resident MiB)``. The resident set counts
+    the pages of memory-mapped files that were read, which the kernel can drop under pressure;
+    the anonymous part is what the process itself holds.
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), rss_mb(), _status_mb("RssAnon")))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_mb(self, start: float = 0.0, end: float = float("inf")) -> tuple[float, float]:
+        """The highest ``(resident, anonymous)`` MiB sampled between Unix times ``start`` and
+        ``end`` (NaN when no sample fell there)."""
+        window = [(rss, anon) for t, rss, anon in self.samples if start <= t <= end]
+        if not window:
+            return float("nan"), float("nan")
+        return max(w[0] for w in window), max(w[1] for w in window)
 
 
 def machine() -> str:
@@ -192,14 +247,20 @@ def result_line(stage: str, figure: str, ratio: float, target: str, quality: str
 MAP_STAGES = ("dataset", "latent", "knn_graph", "projected", "topics", "duplicates", "tags")
 
 
-def stage_seconds(assets: Sequence[str] = MAP_STAGES) -> dict[str, float]:
-    """Seconds each asset's latest materialization took, from its metadata, in the current
-    Dagster instance (``DAGSTER_HOME``)."""
+def stage_windows(assets: Sequence[str] = MAP_STAGES) -> dict[str, tuple[float, float]]:
+    """``(start, end)`` Unix times of each asset's latest materialization in the current Dagster
+    instance (``DAGSTER_HOME``): it ends at the event's time and lasted its ``seconds`` metadata."""
     import dagster as dg
 
     with dg.DagsterInstance.get() as instance:
         out = {}
         for key in assets:
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
-            out[key] = event.asset_materialization.metadata["seconds"].value
+            seconds = event.asset_materialization.metadata["seconds"].value
+            out[key] = (event.timestamp - seconds, event.timestamp)
         return out
+
+
+def stage_seconds(assets: Sequence[str] = MAP_STAGES) -> dict[str, float]:
+    """Seconds each asset's latest materialization took (see ``stage_windows``)."""
+    return {key: end - start for key, (start, end) in stage_windows(assets).items()}

@@ -8,9 +8,10 @@ to 2-D in the same process:
 * baseline: ``umap.UMAP().fit_transform`` with every default (metric euclidean, which on unit
   vectors ranks neighbours exactly as cosine does; unseeded, so its layout runs on both cores).
 
-The vectors are real MiniLM embeddings of AG News (``../shared/datasets``, skipped when absent)
-and of the bundled arXiv sample, cached under ``data/bench-cache/``, topped up to N rows (20,000 by
-default, 3,000 with ``--quick``) with generated clustered vectors. With ``--quick`` texts are not
+The vectors are real MiniLM embeddings of AG News and Reuters-21578 (``../shared/datasets``,
+skipped when absent) and of the bundled arXiv sample, cached under ``data/bench-cache/``: N rows
+sampled from the 31,177 texts (20,000 by default, 3,000 with ``--quick``), topped up with
+generated clustered vectors only where too few are real. With ``--quick`` texts are not
 embedded: only vectors already in the cache are used (``python -m benchmarks.embed`` fills it).
 
 Both are warmed up first on 5,000 generated rows (a couple of epochs; 300 below 4,096 rows, where
@@ -42,6 +43,7 @@ from benchmarks.common import (
     machine,
     print_table,
     result_line,
+    reuters,
     skip,
     timed,
 )
@@ -70,7 +72,7 @@ def latent_vectors(n: int, quick: bool) -> tuple[np.ndarray, str]:
     from atlas_assets.options import DEFAULT_MODEL
 
     parts, names = [], []
-    for corpus in (ag_news(), arxiv()):
+    for corpus in (ag_news(), arxiv(), reuters()):
         if corpus is None:
             continue
         vecs = cached_vectors(DEFAULT_MODEL, corpus.texts)
