@@ -44,6 +44,8 @@ DISTANCE_TOLERANCE = 1e-6
 # Searches use a looser radius, then every candidate's distance is recomputed the same way, so
 # all search paths decide "within the cutoff" identically.
 _SEARCH_SLACK = 1e-4
+# Rows this close to unit length are used as they are (float32 rounding of a normalised vector).
+_UNIT_TOLERANCE = 1e-5
 _BLOCK = 4096
 # The triangular self-join computes its diagonal blocks in full; smaller blocks waste less and
 # are still large enough for BLAS to run at full speed.
@@ -192,7 +194,7 @@ def find_duplicates(
 
     x = _normalize(x)
     first, inverse = _unique_rows(x)  # first[u] = first row of distinct vector u
-    xu = np.ascontiguousarray(x[first])
+    xu = x if len(first) == n else x[first]  # no copy when every vector is distinct
     limit = cutoff + DISTANCE_TOLERANCE
 
     if knn is not None:
@@ -228,21 +230,55 @@ def _empty_result() -> DuplicateResult:
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
+    """``x`` as C-contiguous float32 unit rows; the latent asset's vectors are already that and
+    come back uncopied (1.5 GB at 1M rows)."""
     arr = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    return np.ascontiguousarray(arr / np.where(norms == 0, 1.0, norms), dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))  # no (N, d) temporary, unlike np.linalg
+    if arr.flags.c_contiguous and np.all(np.abs(norms - 1.0) <= _UNIT_TOLERANCE):
+        return arr
+    return np.ascontiguousarray(arr / np.where(norms == 0, 1.0, norms)[:, None])
 
 
 def _unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First row of each distinct vector (in row order) and each row's distinct-vector id."""
-    # Sorting raw bytes as one void scalar per row is much faster than np.unique(axis=0).
+    """First row of each distinct vector (in row order) and each row's distinct-vector id.
+
+    Rows are hashed to 64 bits block by block and grouped by hash, then every row is checked
+    byte-equal to its group's first, so the array is never copied or sorted (sorting the rows'
+    bytes, as before, held two more copies of a 1M-row latent). A hash collision, which the
+    check would catch, falls back to that sort.
+    """
+    _, first, inverse = np.unique(_row_hashes(x), return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    for start in range(0, len(x), _BLOCK):
+        block = x[start : start + _BLOCK]
+        if not (block == x[first[inverse[start : start + _BLOCK]]]).all():
+            return _unique_rows_by_sorting(x)
+    return _renumber_by_first(first, inverse)
+
+
+def _row_hashes(x: np.ndarray) -> np.ndarray:
+    """A 64-bit multilinear hash of each row's bytes (float32 rows), a block of rows at a time."""
+    words = x.view(np.uint32)
+    multipliers = np.random.default_rng(0).integers(1, 2**63, words.shape[1], np.uint64) | 1
+    hashes = np.empty(len(x), np.uint64)
+    for start in range(0, len(x), _BLOCK):
+        block = words[start : start + _BLOCK].astype(np.uint64)
+        hashes[start : start + _BLOCK] = (block * multipliers).sum(axis=1, dtype=np.uint64)
+    return hashes
+
+
+def _unique_rows_by_sorting(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * x.shape[1])))
     _, first, inverse = np.unique(rows.ravel(), return_index=True, return_inverse=True)
+    return _renumber_by_first(first, inverse.ravel())
+
+
+def _renumber_by_first(first: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Renumber distinct vectors by first occurrence so later steps see them in upload order.
     order = np.argsort(first, kind="stable")
     remap = np.empty_like(order)
     remap[order] = np.arange(len(order))
-    return first[order].astype(np.int64), remap[inverse.ravel()].astype(np.int64)
+    return first[order].astype(np.int64), remap[inverse].astype(np.int64)
 
 
 def _flat_index(xu: np.ndarray):

@@ -91,6 +91,30 @@ def test_exact_copies_share_a_cluster_even_at_cutoff_zero() -> None:
     assert len(res.pairs) == 10  # every pair among the five rows
 
 
+@pytest.mark.parametrize("collide", [False, True])
+def test_exact_copies_grouped_whatever_the_hashes_say(monkeypatch, collide: bool) -> None:
+    # Every row hashing alike must not merge distinct vectors: the byte check falls back.
+    from atlas_assets.lib import duplicates
+
+    if collide:
+        monkeypatch.setattr(duplicates, "_row_hashes", lambda x: np.zeros(len(x), np.uint64))
+    rng = np.random.default_rng(2)
+    x = _unit(rng.standard_normal((40, 8)))
+    x[[5, 17]] = x[2]
+    first, inverse = duplicates._unique_rows(x)
+    assert first.tolist() == [i for i in range(40) if i not in (5, 17)]
+    assert inverse[5] == inverse[17] == inverse[2] and len(set(inverse.tolist())) == 38
+    np.testing.assert_array_equal(x[first][inverse], x)
+
+
+def test_unit_float32_latent_is_searched_without_a_copy() -> None:
+    from atlas_assets.lib.duplicates import _normalize
+
+    x = _unit(np.random.default_rng(3).standard_normal((30, 8)))
+    assert _normalize(x) is x
+    assert _normalize(x * 2) is not x and np.allclose(_normalize(x * 2), x, atol=1e-6)
+
+
 def test_rows_without_neighbours_are_singletons_with_unique_ids(planted) -> None:
     x, _ = planted
     res = find_duplicates(x[:500], 0.1)  # originals only: no duplicates
