@@ -48,6 +48,25 @@ def test_knn_graph_hnsw_path_has_high_recall():
     assert recall > 0.9
 
 
+def test_knn_graph_in_locality_order_maps_back_to_row_ids(monkeypatch):
+    from atlas_assets.lib import knn
+
+    monkeypatch.setattr(knn, "_ORDER_FROM", 0)  # built and searched cell by cell, as from 50k
+    monkeypatch.setattr(knn, "_BLOCK_ROWS", 300)  # and in several blocks
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 2000, 16)
+    exact = knn_graph(vectors, 10)
+    approx = knn_graph(vectors, 10, exact_limit=100)
+    assert (approx.indices != np.arange(2000)[:, None]).all()
+    # Each distance is the one between the row and the neighbour id it is reported with.
+    sims = np.einsum("nd,nkd->nk", vectors, vectors[approx.indices])
+    np.testing.assert_allclose(approx.distances, 1 - sims, atol=1e-5)
+    recall = np.mean(
+        [len(set(a) & set(b)) / 10 for a, b in zip(exact.indices, approx.indices, strict=True)]
+    )
+    assert recall > 0.9
+
+
 def test_project_small_inputs_fall_back_and_are_finite():
     rng = np.random.default_rng(2)
     for n in (0, 1, 3):
