@@ -38,7 +38,8 @@ class NomicEmbedOptions(_Options):
     """
 
     model: str = DEFAULT_MODEL
-    batch_size: int = Field(default=64, ge=1)
+    # 32: on 2,000 arXiv abstracts 64 took 10-25% longer; on short AG News texts both tie.
+    batch_size: int = Field(default=32, ge=1)
     mode: EmbedMode = "transformer"
 
 

@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.embed", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few hundred texts per corpus")
     parser.add_argument("--n", type=int, default=None, help="at most N texts per corpus")
-    parser.add_argument("--batch-size", type=int, default=64, help="our batch size (default 64)")
+    parser.add_argument("--batch-size", type=int, default=32, help="our batch size (default 32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both")
     parser.add_argument("--sweep", action="store_true", help="also sweep threads and batch sizes")
     parser.add_argument(

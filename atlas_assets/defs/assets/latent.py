@@ -43,8 +43,11 @@ def embed_with_cache(
     todo, first = np.unique(hashes[~found], return_index=True)
     rows = np.flatnonzero(~found)[first]
 
+    reported = [0]
+
     def progress(done: int, total: int) -> None:
-        if done == total or done % (options.batch_size * 10) == 0:
+        if done == total or done - reported[0] >= 1_000:  # a line per ~1,000 texts
+            reported[0] = done
             log.info(f"embedded {done}/{total} texts with {options.model} ({options.mode})")
 
     if options.mode == "static":
