@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from atlas_assets.lib.embed import normalize
 from atlas_assets.lib.knn import KnnGraph
 
 DUPLICATE_CLASSES = ("singleton", "retention candidate", "deletion candidate")
@@ -44,8 +45,6 @@ DISTANCE_TOLERANCE = 1e-6
 # Searches use a looser radius, then every candidate's distance is recomputed the same way, so
 # all search paths decide "within the cutoff" identically.
 _SEARCH_SLACK = 1e-4
-# Rows this close to unit length are used as they are (float32 rounding of a normalised vector).
-_UNIT_TOLERANCE = 1e-5
 _BLOCK = 4096
 # The triangular self-join computes its diagonal blocks in full; smaller blocks waste less and
 # are still large enough for BLAS to run at full speed.
@@ -192,7 +191,7 @@ def find_duplicates(
     if n == 0:
         return _empty_result()
 
-    x = _normalize(x)
+    x = normalize(x)  # the latent asset's unit vectors are searched uncopied
     first, inverse = _unique_rows(x)  # first[u] = first row of distinct vector u
     xu = x if len(first) == n else x[first]  # no copy when every vector is distinct
     limit = cutoff + DISTANCE_TOLERANCE
@@ -227,16 +226,6 @@ def _empty_result() -> DuplicateResult:
         duplicate_class=np.zeros(0, object),
         pairs=_pairs_frame(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)),
     )
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    """``x`` as C-contiguous float32 unit rows; the latent asset's vectors are already that and
-    come back uncopied (1.5 GB at 1M rows)."""
-    arr = np.asarray(x, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))  # no (N, d) temporary, unlike np.linalg
-    if arr.flags.c_contiguous and np.all(np.abs(norms - 1.0) <= _UNIT_TOLERANCE):
-        return arr
-    return np.ascontiguousarray(arr / np.where(norms == 0, 1.0, norms)[:, None])
 
 
 def _unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -107,14 +107,6 @@ def test_exact_copies_grouped_whatever_the_hashes_say(monkeypatch, collide: bool
     np.testing.assert_array_equal(x[first][inverse], x)
 
 
-def test_unit_float32_latent_is_searched_without_a_copy() -> None:
-    from atlas_assets.lib.duplicates import _normalize
-
-    x = _unit(np.random.default_rng(3).standard_normal((30, 8)))
-    assert _normalize(x) is x
-    assert _normalize(x * 2) is not x and np.allclose(_normalize(x * 2), x, atol=1e-6)
-
-
 def test_rows_without_neighbours_are_singletons_with_unique_ids(planted) -> None:
     x, _ = planted
     res = find_duplicates(x[:500], 0.1)  # originals only: no duplicates

@@ -14,6 +14,17 @@ def unit(rng: np.random.Generator, n: int, d: int = 8) -> np.ndarray:
     return normalize(rng.normal(size=(n, d)))
 
 
+def test_normalize_keeps_unit_float32_rows_uncopied():
+    rng = np.random.default_rng(3)
+    x = normalize(rng.normal(size=(30, 8)) * 5)
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-6)
+    assert normalize(x) is x  # a 1M-row latent is not copied again
+    assert normalize(x * 2) is not x and np.allclose(normalize(x * 2), x, atol=1e-6)
+    zero = normalize(np.zeros((2, 3)))
+    assert (zero == 0).all()
+
+
 def test_knn_graph_excludes_self_and_matches_brute_force():
     rng = np.random.default_rng(0)
     vectors = unit(rng, 200)
