@@ -48,6 +48,34 @@ def test_knn_graph_with_exact_duplicates_and_tiny_inputs():
     assert (graph.indices[:, 2:] == -1).all()  # padded: only two other rows exist
 
 
+@pytest.mark.parametrize("n", [130, 1_500])
+@pytest.mark.parametrize("products", ["bfloat16", "float32"])
+def test_knn_graph_exact_search_reranks_to_the_exact_graph(monkeypatch, n, products):
+    """Candidates picked by similarities rounded to bfloat16, many of them near-ties, still give
+    the exact float32 graph and distances: from torch's bfloat16 products (forced, whatever
+    this CPU has) and from NumPy's float32 ones."""
+    from atlas_assets.lib import knn
+
+    monkeypatch.setattr(knn, "native_bf16", lambda: products == "bfloat16")
+    monkeypatch.setattr(knn, "EXACT_SEARCH_LIMIT", 0 if products == "bfloat16" else n)
+    rng = np.random.default_rng(5)
+    # Tight clusters in 384-d, as sentence embeddings: neighbour similarities differ by less
+    # than bfloat16's rounding step.
+    centres = rng.normal(size=(10, 384))
+    vectors = normalize(centres[rng.integers(0, 10, n)] + 0.3 * rng.normal(size=(n, 384)))
+    k = 70  # more than 130 rows' two 64-column chunks, and past the rounding margin
+    graph = knn.knn_graph(vectors, k, exact_limit=n)
+    sims = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    np.fill_diagonal(sims, -np.inf)
+    kth = -np.sort(-sims, axis=1)[:, k - 1 : k]
+    found = np.take_along_axis(sims, graph.indices, 1)
+    assert (graph.indices != np.arange(n)[:, None]).all()
+    assert (np.diff(graph.distances, axis=1) >= 0).all()  # nearest first
+    np.testing.assert_allclose(graph.distances, 1 - found, atol=1e-5)
+    # Exact: every reported neighbour is at least as near as the true k-th (up to float32).
+    assert (found >= kth - 1e-5).all()
+
+
 def test_knn_graph_hnsw_path_has_high_recall():
     rng = np.random.default_rng(1)
     vectors = unit(rng, 2000, 16)
