@@ -29,7 +29,7 @@ def read_knn(table: pa.Table) -> KnnGraph:
 @dg.asset(
     deps=["latent", "knn_graph"],
     kinds={"python", "umap", "arrow"},
-    code_version="projected-v3",
+    code_version="projected-v4",
     **ASSET_DEFAULTS,
 )
 def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
