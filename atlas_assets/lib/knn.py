@@ -7,16 +7,17 @@ are L2-normalised, so inner product is cosine similarity and distances are cosin
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import cache
 
 import numba
 import numpy as np
 
-# Up to this many rows the exact search costs no more than HNSW, whose 15-NN recall is 0.96. With
-# bfloat16 matrix products in hardware (AMX or AVX512-BF16) that holds to the second limit:
-# 20k rows take 0.85 s against HNSW's 2.1 s (benchmarks/project.py); float32 products alone
-# would take 2 s.
+# Up to this many rows the exact search costs no more than HNSW, whose 15-NN recall is 0.93 to
+# 0.96. With bfloat16 matrix products in hardware (AMX or AVX512-BF16) that holds to the second
+# limit: 20k rows take 0.85 s against HNSW's 2.1 s, 30k 1.8 s against 3.0 s, 50k 6.6 s against
+# 6.7 s; float32 products alone would take 2 s at 20k.
 EXACT_SEARCH_LIMIT = 10_000
 EXACT_SEARCH_LIMIT_BF16 = 50_000
 # Similarities in bfloat16 are off by at most 1.5 * 2^-8 (inputs rounded to 8 significant bits,
@@ -202,17 +203,17 @@ def _exact_search(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Similarities rounded to bfloat16 pick the candidates of each row (see ``_SLACK_EXPONENT``),
     which are then ranked by float32 dot products: the exact graph, unless a crowd of
-    near-duplicates fills the candidate list. Above ``EXACT_SEARCH_LIMIT`` rows, on a CPU with
-    bfloat16 in hardware, the products themselves run in bfloat16 through torch (0.5 s at 20k
-    rows against 2 s in float32); below, NumPy's float32 products spare a process the 2 s it
-    takes to import torch.
+    near-duplicates fills the candidate list. On a CPU with bfloat16 in hardware the products
+    themselves run in bfloat16 through torch (0.5 s at 20k rows against 2 s in float32), except
+    where that would import torch (2 s) for at most ``EXACT_SEARCH_LIMIT`` rows: there NumPy's
+    float32 products cost less. The choice changes the time, not the graph.
     """
     n = vectors.shape[0]
     m = min(_candidates(k), n)
     candidates = np.empty((n, m), np.int64)
     tops = np.empty((_PRODUCT_ROWS, -(-n // _CHUNK)), np.int32)
     keys = np.empty((_PRODUCT_ROWS, m), np.int32)
-    bf16 = n > EXACT_SEARCH_LIMIT and native_bf16()
+    bf16 = native_bf16() and (n > EXACT_SEARCH_LIMIT or "torch" in sys.modules)
     for start, bits in _similarity_blocks(vectors, bf16):
         _select(bits, start, k, candidates, tops, keys)
     candidates.sort(axis=1)  # so that ties re-rank in id order (the -1 pads first)

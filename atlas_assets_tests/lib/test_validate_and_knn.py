@@ -76,6 +76,22 @@ def test_knn_graph_exact_search_reranks_to_the_exact_graph(monkeypatch, n, produ
     assert (found >= kth - 1e-5).all()
 
 
+def test_knn_graph_is_the_same_from_bfloat16_or_float32_products(monkeypatch):
+    """Whether torch was loaded (so bfloat16 products) or not changes the time, never the map."""
+    from atlas_assets.lib import knn
+
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(5, 384))
+    vectors = normalize(centres[rng.integers(0, 5, 800)] + 0.5 * rng.normal(size=(800, 384)))
+    graphs = []
+    for bf16 in (True, False):
+        monkeypatch.setattr(knn, "native_bf16", lambda bf16=bf16: bf16)
+        monkeypatch.setattr(knn, "EXACT_SEARCH_LIMIT", 0 if bf16 else 800)
+        graphs.append(knn.knn_graph(vectors, 30, exact_limit=800))
+    np.testing.assert_array_equal(graphs[0].indices, graphs[1].indices)
+    np.testing.assert_array_equal(graphs[0].distances, graphs[1].distances)
+
+
 def test_knn_graph_hnsw_path_has_high_recall():
     rng = np.random.default_rng(1)
     vectors = unit(rng, 2000, 16)
