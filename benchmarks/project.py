@@ -175,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         rows[-1].append(trust(latent, c, sample))
     print(f"projection of {len(latent)} rows to 2-D; trustworthiness@{TRUST_K} on {len(sample)}")
     headers = ["method", "seconds", "cpu s", "knn s", "layout s", "speed-up", "trust@15"]
-    print_table(headers, [[f"{v:.2f}" if k == 5 else v for k, v in enumerate(r)] for r in rows])
+    print_table(
+        headers,
+        [[f"{v:.2f}" if 1 <= k <= 5 and v != "" else v for k, v in enumerate(r)] for r in rows],
+    )
 
     ok = "ok" if trust_ours >= trust_base - TRUST_TOLERANCE else "BELOW"
     return result_line(
