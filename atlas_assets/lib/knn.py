@@ -8,6 +8,7 @@ are L2-normalised, so inner product is cosine similarity and distances are cosin
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import cache
 
@@ -188,7 +189,10 @@ def _similarity_blocks(vectors: np.ndarray, bf16: bool):
     if bf16:
         import torch
 
-        half = torch.from_numpy(vectors).to(torch.bfloat16)
+        with warnings.catch_warnings():
+            # A memory-mapped latent is read-only; torch warns though this only reads it, once.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            half = torch.from_numpy(vectors).to(torch.bfloat16)
         right = half.T.contiguous()
         for start in range(0, n, _PRODUCT_ROWS):
             yield start, (half[start : start + _PRODUCT_ROWS] @ right).view(torch.int16).numpy()

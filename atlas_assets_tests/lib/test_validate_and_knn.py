@@ -92,6 +92,22 @@ def test_knn_graph_is_the_same_from_bfloat16_or_float32_products(monkeypatch):
     np.testing.assert_array_equal(graphs[0].distances, graphs[1].distances)
 
 
+def test_knn_graph_reads_a_read_only_latent_without_warnings(monkeypatch):
+    """The pipeline hands over a read-only memory map; no torch warning reaches the run log."""
+    import warnings
+
+    from atlas_assets.lib import knn
+
+    monkeypatch.setattr(knn, "native_bf16", lambda: True)
+    monkeypatch.setattr(knn, "EXACT_SEARCH_LIMIT", 0)
+    vectors = unit(np.random.default_rng(7), 300, 16)
+    vectors.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = knn.knn_graph(vectors, 5)
+    assert graph.indices.shape == (300, 5)
+
+
 def test_knn_graph_hnsw_path_has_high_recall():
     rng = np.random.default_rng(1)
     vectors = unit(rng, 2000, 16)
