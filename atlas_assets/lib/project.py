@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import scipy.sparse
 
@@ -31,6 +32,75 @@ def _principal_coords(latent: np.ndarray) -> np.ndarray:
     coords = np.zeros((latent.shape[0], 2))
     coords[:, : top.shape[1]] = latent @ top.astype(np.float32) - (mean @ top).astype(np.float32)
     return coords
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _memberships(indices, distances, k):
+    """umap-learn's ``smooth_knn_dist`` and ``compute_membership_strengths`` (local connectivity
+    1, bandwidth 1) in one pass: each neighbour's membership ``exp(-(d - rho) / sigma)``, with
+    ``rho`` the row's nearest non-zero distance and ``sigma`` found by bisection so that a row's
+    memberships sum to ``log2(k)``. Column 0 is the row itself (membership 0), as in umap-learn.
+
+    Ours because umap-learn's are compiled afresh in every process (5 s), these once per machine.
+    """
+    n, width = distances.shape
+    target = np.log2(k)
+    mean_all = distances.mean()
+    out = np.zeros((n, width), np.float32)
+    for i in numba.prange(n):
+        rho = 0.0
+        for j in range(width):
+            if distances[i, j] > 0.0:
+                rho = distances[i, j]
+                break
+        lo, hi, mid = 0.0, np.inf, 1.0
+        for _ in range(64):
+            total = 0.0
+            for j in range(1, width):
+                d = distances[i, j] - rho
+                total += np.exp(-(d / mid)) if d > 0.0 else 1.0
+            if abs(total - target) < 1e-5:
+                break
+            if total > target:
+                hi = mid
+                mid = (lo + hi) / 2.0
+            else:
+                lo = mid
+                mid = mid * 2.0 if hi == np.inf else (lo + hi) / 2.0
+        floor = 1e-3 * (distances[i].mean() if rho > 0.0 else mean_all)
+        sigma = max(mid, floor)
+        for j in range(width):
+            neighbour = indices[i, j]
+            if neighbour < 0 or neighbour == i:
+                continue
+            d = distances[i, j] - rho
+            out[i, j] = 1.0 if d <= 0.0 or sigma == 0.0 else np.exp(-(d / sigma))
+    return out
+
+
+def fuzzy_graph(indices: np.ndarray, distances: np.ndarray) -> scipy.sparse.csr_matrix:
+    """umap-learn's fuzzy simplicial set over a kNN graph whose column 0 is each row itself:
+    directed memberships (``_memberships``), then their fuzzy union ``A + A^T - A * A^T``."""
+    n, k = indices.shape
+    vals = _memberships(indices, distances.astype(np.float32), float(k))
+    rows = np.repeat(np.arange(n), k)
+    directed = scipy.sparse.csr_matrix((vals.ravel(), (rows, indices.ravel().clip(0))), (n, n))
+    directed.eliminate_zeros()
+    transpose = directed.T.tocsr()
+    graph = (directed + transpose - directed.multiply(transpose)).tocsr()
+    graph.eliminate_zeros()
+    return graph
+
+
+def curve_params(spread: float, min_dist: float) -> tuple[float, float]:
+    """umap-learn's ``find_ab_params``: ``a``, ``b`` of the curve ``1 / (1 + a d^2b)`` closest
+    to 1 up to ``min_dist`` and ``exp(-(d - min_dist) / spread)`` beyond."""
+    from scipy.optimize import curve_fit
+
+    x = np.linspace(0, spread * 3, 300)
+    y = np.where(x < min_dist, 1.0, np.exp(-(x - min_dist) / spread))
+    (a, b), _ = curve_fit(lambda d, a, b: 1.0 / (1.0 + a * d ** (2 * b)), x, y)
+    return float(a), float(b)
 
 
 def _pca_2d(latent: np.ndarray) -> np.ndarray:
@@ -80,11 +150,12 @@ def project(
 ) -> np.ndarray:
     """``(N, 2)`` float32 map coordinates of unit vectors ``latent``.
 
-    UMAP: umap-learn's fuzzy graph is built over ``knn`` (the same graph duplicates and topics
-    use, so pynndescent never runs), started from the vectors' first two principal components
-    smoothed over that graph, and laid out by ``atlas_assets.lib.layout``, which runs on every
-    core and depends on ``seed`` alone (``seed=None`` draws a fresh one). Epochs default to
-    umap-learn's (200 above 10k rows, else 500). Tiny inputs fall back to PCA.
+    UMAP: umap-learn's fuzzy graph (``fuzzy_graph``) is built over ``knn``, the same graph
+    duplicates and topics use, so no other neighbour search runs. The layout starts from the
+    vectors' first two principal components smoothed over that graph and is optimised by
+    ``atlas_assets.lib.layout``, which runs on every core and depends on ``seed`` alone
+    (``seed=None`` draws a fresh one). Epochs default to umap-learn's (200 above 10k rows, else
+    500). Tiny inputs fall back to PCA.
     """
     n = latent.shape[0]
     if n < _MIN_UMAP_ROWS:
@@ -92,20 +163,16 @@ def project(
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31))
     k = min(n_neighbors, knn.k + 1, n - 1)
-    # umap-learn expects each row's own index first, at distance 0.
+    # As in umap-learn, each row's own index comes first, at distance 0.
     indices = np.hstack([np.arange(n)[:, None], knn.indices[:, : k - 1]])
     distances = np.hstack([np.zeros((n, 1), np.float32), knn.distances[:, : k - 1]])
-    from umap.umap_ import find_ab_params, fuzzy_simplicial_set  # heavy (numba): only here
-
-    graph, _, _ = fuzzy_simplicial_set(
-        latent, k, seed, "cosine", knn_indices=indices, knn_dists=distances
-    )
-    a, b = find_ab_params(spread, min_dist)
+    graph = fuzzy_graph(indices, distances)
+    a, b = curve_params(spread, min_dist)
     coords = optimize_layout(
         graph,
         _initial_layout(latent, graph, seed),
-        a=float(a),
-        b=float(b),
+        a=a,
+        b=b,
         n_epochs=n_epochs or epochs_for(n),
         seed=seed,
     )

@@ -8,6 +8,7 @@ import pytest
 from sklearn.manifold import trustworthiness
 
 from atlas_assets.lib import layout
+from atlas_assets.lib.embed import normalize
 from atlas_assets.lib.knn import knn_graph
 from atlas_assets.lib.layout import epochs_for, force_tables, optimize_layout
 from atlas_assets.lib.project import project
@@ -98,3 +99,30 @@ def test_projection_keeps_neighbours() -> None:
     x = clusters(n_per=100, n_clusters=6, seed=1)
     coords = project(x, knn_graph(x, 30))
     assert trustworthiness(x, coords, n_neighbors=15) > 0.9
+
+
+def test_fuzzy_graph_and_curve_match_umap_learn():
+    """Our compiled-once fuzzy graph and curve fit give umap-learn's, on a graph with exact
+    duplicates (distance 0) and rows whose neighbours all lie at one distance."""
+    from umap.umap_ import find_ab_params, fuzzy_simplicial_set
+
+    from atlas_assets.lib.project import curve_params, fuzzy_graph
+
+    rng = np.random.default_rng(8)
+    x = normalize(rng.normal(size=(400, 16)))
+    x[1] = x[0]  # an exact duplicate
+    graph = knn_graph(x, 14)
+    n = len(x)
+    indices = np.hstack([np.arange(n)[:, None], graph.indices])
+    distances = np.hstack([np.zeros((n, 1), np.float32), graph.distances])
+    distances[5, 1:] = distances[5, 1]  # every neighbour equally far
+    ours = fuzzy_graph(indices, distances).toarray()
+    theirs, _, _ = fuzzy_simplicial_set(
+        x, 15, 0, "cosine", knn_indices=indices, knn_dists=distances
+    )
+    theirs = theirs.toarray()
+    np.testing.assert_array_equal(ours > 0, theirs > 0)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours, ours.T)
+    np.testing.assert_allclose(curve_params(1.0, 0.1), find_ab_params(1.0, 0.1), rtol=1e-6)
+    np.testing.assert_allclose(curve_params(2.0, 0.5), find_ab_params(2.0, 0.5), rtol=1e-6)
