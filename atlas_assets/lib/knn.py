@@ -84,7 +84,8 @@ def _order_key(bits):
 
 @numba.njit(inline="always")
 def _slack(key):
-    """``_SLACK`` in steps of ``key``: bfloat16 values are 2^(exponent - 134) apart."""
+    """2^_SLACK_EXPONENT in steps of the bfloat16 ``key``: values near it are 2^(exponent - 134)
+    apart."""
     if key <= 0:
         return np.int32(1 << 15)  # a k-th similarity at or below zero: keep whatever fits
     return np.int32(1 << min(max(_SLACK_EXPONENT + 134 - ((key >> 7) & 0xFF), 0), 15))
@@ -155,7 +156,9 @@ def _insert(keys, key, ids, id_):
     ids[p] = id_
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+# Reassociation lets the dot products vectorise; full fastmath would also assume no infinities,
+# and the running lists start at -inf.
+@numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
 def _rerank(vectors, candidates, indices, distances):
     """Each row's ``indices.shape[1]`` nearest ``candidates`` (``-1`` skipped) by float32 dot
     products, nearest first; candidates come in id order, so ties go to the lower id."""

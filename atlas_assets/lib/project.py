@@ -34,7 +34,7 @@ def _principal_coords(latent: np.ndarray) -> np.ndarray:
     return coords
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+@numba.njit(parallel=True, cache=True)
 def _memberships(indices, distances, k):
     """umap-learn's ``smooth_knn_dist`` and ``compute_membership_strengths`` (local connectivity
     1, bandwidth 1) in one pass: each neighbour's membership ``exp(-(d - rho) / sigma)``, with
@@ -53,7 +53,7 @@ def _memberships(indices, distances, k):
             if distances[i, j] > 0.0:
                 rho = distances[i, j]
                 break
-        lo, hi, mid = 0.0, np.inf, 1.0
+        lo, hi, mid, bounded = 0.0, 0.0, 1.0, False
         for _ in range(64):
             total = 0.0
             for j in range(1, width):
@@ -62,11 +62,11 @@ def _memberships(indices, distances, k):
             if abs(total - target) < 1e-5:
                 break
             if total > target:
-                hi = mid
+                hi, bounded = mid, True
                 mid = (lo + hi) / 2.0
             else:
                 lo = mid
-                mid = mid * 2.0 if hi == np.inf else (lo + hi) / 2.0
+                mid = (lo + hi) / 2.0 if bounded else mid * 2.0
         floor = 1e-3 * (distances[i].mean() if rho > 0.0 else mean_all)
         sigma = max(mid, floor)
         for j in range(width):
@@ -84,6 +84,7 @@ def fuzzy_graph(indices: np.ndarray, distances: np.ndarray) -> scipy.sparse.csr_
     n, k = indices.shape
     vals = _memberships(indices, distances.astype(np.float32), float(k))
     rows = np.repeat(np.arange(n), k)
+    # A -1 pad has membership 0: pointed at row 0, it adds nothing and is dropped.
     directed = scipy.sparse.csr_matrix((vals.ravel(), (rows, indices.ravel().clip(0))), (n, n))
     directed.eliminate_zeros()
     transpose = directed.T.tocsr()

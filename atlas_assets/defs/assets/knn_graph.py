@@ -25,7 +25,7 @@ MIN_NEIGHBORS = 30
     deps=["latent"], kinds={"python", "faiss", "arrow"}, code_version="knn-v3", **ASSET_DEFAULTS
 )
 def knn_graph(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
-    """The shared k-nearest-neighbour graph of the latent vectors (faiss, cosine distance).
+    """The shared k-nearest-neighbour graph of the latent vectors (cosine distance).
 
     Computed once and reused by the projection, duplicate search and topic clustering. Exact
     up to 50k rows on a CPU with bfloat16 in hardware (10k elsewhere), HNSW beyond.
