@@ -122,7 +122,7 @@ def _select(bits, first, k, out, tops, keys):
             top[full] = peak
         cols = out[first + r]
         best[:] = -32768
-        for c in range(chunks):
+        for c in range(chunks):  # the k largest chunk maxima (cols only as scratch here)
             _insert(best[:k], top[c], cols, c)
         floor = best[k - 1] - _slack(best[k - 1]) - 1
         best[:] = -32768

@@ -48,6 +48,15 @@ def test_knn_graph_with_exact_duplicates_and_tiny_inputs():
     assert (graph.indices[:, 2:] == -1).all()  # padded: only two other rows exist
 
 
+def force_products(monkeypatch, bf16: bool, n: int) -> None:
+    """Route ``knn_graph``'s exact search of ``n`` rows through torch's bfloat16 products or
+    NumPy's float32 ones, whatever this CPU has."""
+    from atlas_assets.lib import knn
+
+    monkeypatch.setattr(knn, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(knn, "EXACT_SEARCH_LIMIT", 0 if bf16 else n)
+
+
 @pytest.mark.parametrize("n", [130, 1_500])
 @pytest.mark.parametrize("products", ["bfloat16", "float32"])
 def test_knn_graph_exact_search_reranks_to_the_exact_graph(monkeypatch, n, products):
@@ -56,14 +65,13 @@ def test_knn_graph_exact_search_reranks_to_the_exact_graph(monkeypatch, n, produ
     this CPU has) and from NumPy's float32 ones."""
     from atlas_assets.lib import knn
 
-    monkeypatch.setattr(knn, "native_bf16", lambda: products == "bfloat16")
-    monkeypatch.setattr(knn, "EXACT_SEARCH_LIMIT", 0 if products == "bfloat16" else n)
+    force_products(monkeypatch, products == "bfloat16", n)
     rng = np.random.default_rng(5)
     # Tight clusters in 384-d, as sentence embeddings: neighbour similarities differ by less
     # than bfloat16's rounding step.
     centres = rng.normal(size=(10, 384))
     vectors = normalize(centres[rng.integers(0, 10, n)] + 0.3 * rng.normal(size=(n, 384)))
-    k = 70  # more than 130 rows' two 64-column chunks, and past the rounding margin
+    k = 70  # more neighbours than 130 rows have 64-column chunks, and many near-ties at the k-th
     graph = knn.knn_graph(vectors, k, exact_limit=n)
     sims = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
     np.fill_diagonal(sims, -np.inf)
@@ -85,21 +93,20 @@ def test_knn_graph_is_the_same_from_bfloat16_or_float32_products(monkeypatch):
     vectors = normalize(centres[rng.integers(0, 5, 800)] + 0.5 * rng.normal(size=(800, 384)))
     graphs = []
     for bf16 in (True, False):
-        monkeypatch.setattr(knn, "native_bf16", lambda bf16=bf16: bf16)
-        monkeypatch.setattr(knn, "EXACT_SEARCH_LIMIT", 0 if bf16 else 800)
+        force_products(monkeypatch, bf16, 800)
         graphs.append(knn.knn_graph(vectors, 30, exact_limit=800))
     np.testing.assert_array_equal(graphs[0].indices, graphs[1].indices)
     np.testing.assert_array_equal(graphs[0].distances, graphs[1].distances)
 
 
 def test_knn_graph_reads_a_read_only_latent_without_warnings(monkeypatch):
-    """The pipeline hands over a read-only memory map; no torch warning reaches the run log."""
+    """The pipeline hands over a read-only memory map; no torch warning reaches the run log.
+    (torch warns once per process, so this fails only where nothing warned before it.)"""
     import warnings
 
     from atlas_assets.lib import knn
 
-    monkeypatch.setattr(knn, "native_bf16", lambda: True)
-    monkeypatch.setattr(knn, "EXACT_SEARCH_LIMIT", 0)
+    force_products(monkeypatch, True, 300)
     vectors = unit(np.random.default_rng(7), 300, 16)
     vectors.flags.writeable = False
     with warnings.catch_warnings():
