@@ -16,7 +16,7 @@ from atlas_assets.defs.metadata import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
 from atlas_assets.lib.duplicates import find_duplicates, keep_priority
-from atlas_assets.lib.histogram import histogram_png
+from atlas_assets.lib.plot import histogram_png
 from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.options import NomicDuplicatesOptions
 from atlas_assets.store import read_resource, write_resource
