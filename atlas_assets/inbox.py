@@ -62,7 +62,9 @@ class Ingested:
 def _move(path: Path, target: Path, note: str | None = None) -> None:
     target.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    moved = target / f"{stamp}-{path.name}"
+    moved, n = target / f"{stamp}-{path.name}", 1
+    while moved.exists() or moved.is_symlink():  # never overwrite an earlier file of that name
+        moved, n = target / f"{stamp}-{n}-{path.name}", n + 1
     shutil.move(path, moved)  # a symbolic link moves as a link
     if note is not None:
         moved.with_name(moved.name + ".error.txt").write_text(note + "\n")
