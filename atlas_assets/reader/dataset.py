@@ -18,7 +18,6 @@ from atlas_assets.reader.map import AtlasMap
 from atlas_assets.store import dataset_paths
 from atlas_assets.store.datasets import (
     count_rows,
-    create_meta,
     delete_rows,
     ingested_sources,
     load_meta,
@@ -27,6 +26,7 @@ from atlas_assets.store.datasets import (
     prune_superseded,
     read_shards,
     shard_schema,
+    store_meta,
     stored_embedding_dim,
     update_meta,
     write_shard,
@@ -202,7 +202,7 @@ class AtlasDataset:
                 raise ValueError(
                     "this dataset was created with embeddings: pass embeddings= for every batch"
                 )
-            self._meta = create_meta(self._paths, meta)
+            self._meta = store_meta(self._paths, meta)
             write_shard(self._paths, table, vectors, info)
         return table.num_rows
 
@@ -360,7 +360,7 @@ class AtlasDataset:
         if not glob(resolved):
             raise ValueError(f"no file matches {pattern!r}")
         with locked(self._paths.lock):
-            self._meta = create_meta(self._paths, self._refresh())  # a bound dataset exists
+            self._meta = store_meta(self._paths, self._refresh())  # a bound dataset exists
             update_meta(self._paths, source={"glob": resolved})
         self._refresh()
 

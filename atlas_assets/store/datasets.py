@@ -44,7 +44,19 @@ def new_meta(
     }
 
 
-def create_meta(paths: DatasetPaths, meta: dict[str, Any]) -> dict[str, Any]:
+def create_meta(
+    paths: DatasetPaths, *, description: str, id_field: str, is_public: bool
+) -> dict[str, Any]:
+    """Create the dataset document if absent (under the dataset lock); return what is stored."""
+    with locked(paths.lock):
+        meta = load_meta(paths)
+        if meta is None:
+            meta = new_meta(paths, description=description, id_field=id_field, is_public=is_public)
+            write_json(paths.meta, meta)
+        return meta
+
+
+def store_meta(paths: DatasetPaths, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``meta`` unless the dataset has data; return what is stored. The caller holds the
     dataset lock. A document without shards (left by a crash) takes the new one's id field."""
     stored = load_meta(paths)
