@@ -81,6 +81,8 @@ def _longest_text_column(table: pa.Table) -> str | None:
 
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
+    if path.is_symlink():
+        raise ValueError(f"{CONFIG_FILE} is a symbolic link: links are not followed")
     if not path.is_file():
         return {}
     try:

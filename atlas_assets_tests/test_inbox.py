@@ -125,6 +125,15 @@ def test_symbolic_links_are_not_followed_out_of_the_inbox(store, tmp_path):
         "link.csv"
     )
 
+    # nor is a linked atlas.json read
+    (tmp_path / "config.json").write_text('{"unique_id_field": "id"}')
+    (papers / "atlas.json").symlink_to(tmp_path / "config.json")
+    (papers / "rows.csv").write_text("id,text\n1,one\n")
+    settled(papers / "rows.csv")
+    [result] = scan_inbox(store)
+    assert result.error == "ValueError: atlas.json is a symbolic link: links are not followed"
+    assert list_datasets() == []
+
 
 def test_stray_files_are_reported_once(store):
     inbox = folder(store).parent
