@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def _interrupt_seen() -> Iterator[Callable[[], bool]]:
     build would finish as if nothing happened. The signal wake-up fd records every signal
     whatever handler is installed.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # signals reach the main thread only
+        return
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     os.set_blocking(write_fd, False)
