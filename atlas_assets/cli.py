@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from atlas_assets.store import RESOURCES, atlas_home, dagster_home, list_datasets, resource_info
@@ -56,13 +60,65 @@ def _index_options(args: argparse.Namespace) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _interrupt_seen() -> Iterator[Callable[[], bool]]:
+    """Yield a function telling whether Ctrl-C (SIGINT or SIGTERM) arrived during the body.
+
+    Dagster defers a Ctrl-C that arrives between steps and forgets it when the run ends, so the
+    build would finish as if nothing happened. The signal wake-up fd records every signal
+    whatever handler is installed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # signals reach the main thread only
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    seen: set[int] = set()
+
+    def interrupted() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            seen.update(os.read(read_fd, 4096))
+        return bool(seen & {signal.SIGINT, signal.SIGTERM})
+
+    try:
+        yield interrupted
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from atlas_assets.reader import AtlasDataset
 
-    ds = AtlasDataset(args.dataset)
-    atlas_map = ds.create_index(**_index_options(args))
+    ds = AtlasDataset(args.dataset)  # writes nothing: a dataset without data has no map
+    with _interrupt_seen() as interrupted:
+        try:
+            atlas_map = ds.create_index(**_index_options(args))
+        except Exception:
+            if interrupted():
+                raise KeyboardInterrupt from None
+            raise
+        if interrupted():
+            raise KeyboardInterrupt
     print(f"built map {atlas_map.name!r} of {ds.identifier}: {atlas_map.data.tb.num_rows} datums")
     print(f"  store: {ds._paths.root}")
+    return 0
+
+
+def cmd_rm_batch(args: argparse.Namespace) -> int:
+    from atlas_assets.store import dataset_paths
+    from atlas_assets.store.datasets import count_rows, remove_last_batches
+
+    paths = dataset_paths(args.dataset)
+    for name, rows in remove_last_batches(paths, args.count):
+        print(f"removed batch {name} ({rows} rows) from {paths.identifier}")
+    print(
+        f"{paths.identifier} now has {count_rows(paths)} rows; "
+        f"`atlas index {paths.identifier}` rebuilds its map"
+    )
     return 0
 
 
@@ -89,8 +145,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _read_ids(source: str) -> list[str]:
+    """One id a line, exactly as written: ``" r1"`` is refused, never taken for ``r1``."""
+    from atlas_assets.lib.validate import check_id_text
+
     text = sys.stdin.read() if source == "-" else Path(source).read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    lines = text.split("\n")
+    lines = [line.removesuffix("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]
+    check_id_text(lines, "the id list", "lines", first=1)
+    return [line for line in lines if line]
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -217,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--remove", action="store_true", help="remove the tag from these ids")
     tag.set_defaults(func=cmd_tag)
 
+    rm_batch = sub.add_parser(
+        "rm-batch", help="remove a dataset's last batch(es): the way out of a bad upload"
+    )
+    rm_batch.add_argument("dataset")
+    rm_batch.add_argument("--count", type=int, default=1, help="batches to remove (default 1)")
+    rm_batch.set_defaults(func=cmd_rm_batch)
+
     tags = sub.add_parser("tags", help="list a dataset's tags with their counts")
     tags.add_argument("dataset")
     tags.set_defaults(func=cmd_tags)
@@ -247,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError, LookupError, RuntimeError) as err:
         print(f"atlas {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"atlas {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,25 +1,51 @@
 """The inbox: files dropped into ``$ATLAS_HOME/inbox/<dataset>/`` become dataset batches.
 
-Each file is ingested once, then moved to ``.ingested/``; a file that cannot be read or is
-refused moves to ``.failed/`` with a ``.error.txt`` note, so it is reported, never retried
-forever, and earlier data stays as it was. An optional ``atlas.json`` in the folder names the
-id field and index options (``{"unique_id_field": "id", "indexed_field": "text", ...}``);
+Writers should write elsewhere and then move the finished file in (a rename). A file is taken
+only once it has not changed for :data:`SETTLE_SECONDS`, and only if it did not change while it
+was read; hidden names and ``*.part`` / ``*.tmp`` are never taken. Everything is validated
+before anything is added, and the batch is stored with the file's content hash, so a file whose
+rows are already stored (a crash before it was moved away) adds nothing the second time.
+
+A file is then moved to ``.ingested/``; a file that cannot be read or is refused moves to
+``.failed/`` with a ``.error.txt`` note, so it is reported once, never retried, and earlier
+data stays as it was. So are symbolic links (never followed), folders, files of other types,
+and files in the inbox root (``inbox/.failed/``). An optional ``atlas.json`` in the folder names
+the id field and index options (``{"unique_id_field": "id", "indexed_field": "text", ...}``);
 without it ids are generated and the longest text column is indexed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+
+from atlas_assets.lib import validate
 from atlas_assets.lib.sources import SUPPORTED, read_table_file
 from atlas_assets.store import dataset_paths
 from atlas_assets.store.layout import inbox_dir
 
 CONFIG_FILE = "atlas.json"
+# A file must be unchanged this long before it is taken: a writer still appending to it keeps
+# moving its modification time. Writing elsewhere and renaming into the inbox needs no wait.
+SETTLE_SECONDS = 10.0
+IN_PROGRESS = (".part", ".tmp")  # names of files still being written: never taken
+_INDEX_KEYS = {
+    "name",
+    "indexed_field",
+    "topic_model",
+    "duplicate_detection",
+    "embedding_model",
+    "projection",
+    "reuse_embeddings_from_index",
+}
 
 
 @dataclass(frozen=True)
@@ -30,38 +56,126 @@ class Ingested:
     file: str
     rows: int = 0
     error: str | None = None
+    note: str | None = None  # e.g. "already ingested": nothing added, no error
 
 
-def _move(path: Path, folder: str, note: str | None = None) -> None:
-    target = path.parent / folder
+def _move(path: Path, target: Path, note: str | None = None) -> None:
     target.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    moved = target / f"{stamp}-{path.name}"
-    shutil.move(path, moved)
+    moved, n = target / f"{stamp}-{path.name}", 1
+    while moved.exists() or moved.is_symlink():  # never overwrite an earlier file of that name
+        moved, n = target / f"{stamp}-{n}-{path.name}", n + 1
+    shutil.move(path, moved)  # a symbolic link moves as a link
     if note is not None:
         moved.with_name(moved.name + ".error.txt").write_text(note + "\n")
 
 
-def _longest_text_column(frame) -> str | None:
-    texts = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) == "str"]
-    lengths = {c: frame[c].astype(str).str.len().mean() for c in texts}
+def _longest_text_column(table: pa.Table) -> str | None:
+    lengths = {
+        name: sum(len(v) for v in column.to_pylist() if v is not None)
+        for name, column in zip(table.column_names, table.columns, strict=True)
+        if pa.types.is_string(column.type)
+    }
     return max(lengths, key=lengths.get) if lengths else None
 
 
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    if path.is_symlink():
+        raise ValueError(f"{CONFIG_FILE} is a symbolic link: links are not followed")
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{CONFIG_FILE} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{CONFIG_FILE} must hold an object, got {type(config).__name__}")
+    unknown = sorted(set(config) - _INDEX_KEYS - {"unique_id_field"})
+    if unknown:
+        raise ValueError(
+            f"{CONFIG_FILE} has unknown keys {unknown}; expected some of "
+            f"{sorted(_INDEX_KEYS | {'unique_id_field'})}"
+        )
+    return config
+
+
+def _check_index_config(config: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
+    """The index options of ``atlas.json``, checked against the batch before anything is added."""
+    from atlas_assets.options import (
+        NomicDuplicatesOptions,
+        NomicEmbedOptions,
+        NomicProjectOptions,
+        NomicTopicOptions,
+        coerce_options,
+    )
+
+    options = {k: v for k, v in config.items() if k in _INDEX_KEYS}
+    field = options.get("indexed_field")
+    if field is not None and field not in schema.names:
+        raise ValueError(
+            f"{CONFIG_FILE}: indexed_field {field!r} is not a column; columns are {schema.names}"
+        )
+    if field is not None and not pa.types.is_string(schema.field(field).type):
+        raise ValueError(
+            f"{CONFIG_FILE}: indexed_field {field!r} must be a text column, "
+            f"got {schema.field(field).type}"
+        )
+    model = options.get("embedding_model")
+    for kind, argument, value in (
+        (
+            NomicEmbedOptions,
+            "embedding_model",
+            {"model": model} if isinstance(model, str) else model,
+        ),
+        (NomicProjectOptions, "projection", options.get("projection")),
+        (NomicTopicOptions, "topic_model", options.get("topic_model", True)),
+        (NomicDuplicatesOptions, "duplicate_detection", options.get("duplicate_detection", True)),
+    ):
+        try:
+            coerce_options(kind, value, argument=argument)
+        except ValueError as err:
+            raise ValueError(f"{CONFIG_FILE}: {err}") from None
+    return options
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+class _Changed(Exception):
+    """The file changed while it was read: a writer is still at it, try at the next scan."""
+
+
 def ingest_file(path: Path, identifier: str) -> int:
-    """Add one file to a dataset (creating and configuring it if new); returns rows added."""
+    """Add one file to a dataset (creating and configuring it if new); returns rows added.
+
+    The file, ``atlas.json`` and the index options are all checked before anything is added;
+    a file whose content is already stored adds nothing (0).
+    """
     from atlas_assets.reader import AtlasDataset
 
-    config_path = path.parent / CONFIG_FILE
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    id_field = config.pop("unique_id_field", None)
+    before = path.stat()
+    config = _read_config(path.parent)
+    id_field = config.get("unique_id_field")
+    digest = _digest(path)
+    table = validate.to_table(read_table_file(path, id_field))
+    after = path.stat()
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        raise _Changed(path.name)
     ds = AtlasDataset(identifier, unique_id_field=id_field)
-    frame = read_table_file(path, id_field)
-    ds.add_data(frame)
+    options = None
     if not ds.maps:
-        indexed = config.pop("indexed_field", None) or _longest_text_column(frame)
-        ds.configure_index(indexed_field=indexed, **config)
-    return len(frame)
+        options = _check_index_config(config, table.schema)
+        options.setdefault("indexed_field", _longest_text_column(table))
+    rows = ds._add(table, source=digest)
+    if options is not None:  # also after a crash that stored the rows but not the index
+        ds.configure_index(**options)
+    return rows
 
 
 def refresh_source(identifier: str, home: Path | None = None) -> Ingested | None:
@@ -94,29 +208,66 @@ def refresh_source(identifier: str, home: Path | None = None) -> Ingested | None
         return Ingested(paths.partition_key, source["glob"], error=f"{type(err).__name__}: {err}")
 
 
-def scan_inbox(home: Path | None = None) -> list[Ingested]:
-    """Ingest every supported file waiting in the inbox, oldest first."""
+def _report(path: Path, target: Path, key: str, why: str) -> Ingested:
+    """Set aside something the inbox does not take, with a note, so it is reported once."""
+    _move(path, target, why)
+    return Ingested(key, path.name, error=why)
+
+
+def _scan_folder(folder: Path, key: str, settle: float, now: float) -> list[Ingested]:
     results = []
-    root = inbox_dir(home)
-    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
-        files = sorted(
-            (f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith(SUPPORTED)),
-            key=lambda f: (f.stat().st_mtime, f.name),
-        )
-        if not files:
+    failed = folder / ".failed"
+    entries = sorted(folder.iterdir(), key=lambda f: (f.lstat().st_mtime, f.name))
+    for f in entries:
+        name = f.name.lower()
+        if f.name.startswith(".") or name.endswith(IN_PROGRESS) or f.name == CONFIG_FILE:
             continue
-        try:
-            key = dataset_paths(folder.name, home).partition_key
-        except ValueError as err:
-            results.extend(Ingested("", str(f), error=str(err)) for f in files)
-            continue
-        for f in files:
+        if f.is_symlink():
+            results.append(_report(f, failed, key, "symbolic links are not followed"))
+        elif f.is_dir():
+            results.append(_report(f, failed, key, "folders inside a dataset folder are not read"))
+        elif not name.endswith(SUPPORTED):
+            results.append(
+                _report(f, failed, key, f"not a data file: expected one of {', '.join(SUPPORTED)}")
+            )
+        elif now - f.stat().st_mtime >= settle:
             try:
                 rows = ingest_file(f, key)
+            except _Changed:
+                continue
             except Exception as err:  # a bad file is reported and set aside, never retried
-                _move(f, ".failed", f"{type(err).__name__}: {err}")
-                results.append(Ingested(key, f.name, error=f"{type(err).__name__}: {err}"))
+                results.append(_report(f, failed, key, f"{type(err).__name__}: {err}"))
             else:
-                _move(f, ".ingested")
-                results.append(Ingested(key, f.name, rows=rows))
+                _move(f, folder / ".ingested")
+                note = None if rows else "already ingested: nothing added"
+                results.append(Ingested(key, f.name, rows=rows, note=note))
+    return results
+
+
+def scan_inbox(home: Path | None = None, *, settle: float = SETTLE_SECONDS) -> list[Ingested]:
+    """Ingest every settled data file waiting in the inbox, oldest first; report the rest.
+
+    ``settle``: seconds a file must have been unchanged (:data:`SETTLE_SECONDS`).
+    """
+    results = []
+    root = inbox_dir(home)
+    now = time.time()
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if entry.name.startswith(".") or entry.name.lower().endswith(IN_PROGRESS):
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            why = (
+                "symbolic links are not followed"
+                if entry.is_symlink()
+                else "files go in a dataset's folder: inbox/<dataset>/"
+            )
+            results.append(_report(entry, root / ".failed", "", why))
+            continue
+        try:
+            key = dataset_paths(entry.name, home).partition_key
+        except ValueError as err:
+            files = [f for f in entry.iterdir() if not f.name.startswith(".")]
+            results.extend(Ingested("", str(f), error=str(err)) for f in files)
+            continue
+        results.extend(_scan_folder(entry, key, settle, now))
     return results

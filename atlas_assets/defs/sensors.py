@@ -18,6 +18,8 @@ def inbox_sensor(context: dg.SensorEvaluationContext, store: AtlasStore) -> dg.S
     for r in results:
         if r.error:
             context.log.error(f"inbox: {r.file} not ingested: {r.error}")
+        elif r.note:
+            context.log.info(f"inbox: {r.file} for {r.dataset}: {r.note}")
         else:
             context.log.info(f"inbox: {r.file} added {r.rows} rows to {r.dataset}")
     keys = sorted({r.dataset for r in results if r.error is None})

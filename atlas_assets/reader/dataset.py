@@ -18,10 +18,15 @@ from atlas_assets.reader.map import AtlasMap
 from atlas_assets.store import dataset_paths
 from atlas_assets.store.datasets import (
     count_rows,
-    create_meta,
+    delete_rows,
+    ingested_sources,
     load_meta,
+    new_meta,
+    next_generated_id,
+    prune_superseded,
     read_shards,
     shard_schema,
+    store_meta,
     stored_embedding_dim,
     update_meta,
     write_shard,
@@ -59,11 +64,15 @@ class AtlasDataset:
         self._paths = dataset_paths(identifier)
         existing = load_meta(self._paths)
         if existing and unique_id_field and existing["id_field"] != unique_id_field:
-            raise ValueError(
-                f"dataset {self._paths.identifier!r} already uses id field "
-                f"{existing['id_field']!r}, not {unique_id_field!r}"
-            )
-        self._meta = existing or create_meta(
+            if self._paths.shard_files():
+                raise ValueError(
+                    f"dataset {self._paths.identifier!r} already uses id field "
+                    f"{existing['id_field']!r}, not {unique_id_field!r}"
+                )
+            with locked(self._paths.lock):  # no data depends on it yet (a crash left it empty)
+                existing = update_meta(self._paths, id_field=unique_id_field)
+        # Written by the first batch stored: a refused batch leaves no dataset behind.
+        self._meta = existing or new_meta(
             self._paths,
             description=description,
             id_field=unique_id_field or validate.GENERATED_ID_FIELD,
@@ -138,27 +147,42 @@ class AtlasDataset:
         """Append a batch: a DataFrame, Arrow table or list of dicts, optionally with vectors.
 
         The batch becomes one new immutable shard, written atomically. A batch that breaks any
-        rule (ids missing, null, empty or repeated; ``_`` columns; names equal ignoring case; a
-        schema unlike the stored one; NaN/inf or wrongly shaped embeddings) raises a
-        ``ValueError`` naming the column and rows, and nothing is written.
+        rule (ids missing, null, empty, repeated, with surrounding whitespace or control
+        characters; ``_`` columns; names equal ignoring case; a schema unlike the stored one;
+        values Arrow cannot store, such as mixed types, lone surrogates or invalid UTF-8; a
+        text cell over ``MAX_CELL_BYTES``; NaN/inf, zero or wrongly shaped embeddings, also
+        once cast to float32) raises a ``ValueError`` naming the column and rows, and nothing is
+        written. The first batch stored creates the dataset on disk.
         """
+        self._add(data, embeddings)
+
+    def _add(self, data: Any, embeddings: Any = None, *, source: str | None = None) -> int:
+        """``add_data``; ``source`` is the content hash of the file the batch came from: a file
+        already stored adds nothing (returns 0), else returns the rows added. The hash is
+        published with the shard, so a crash cannot separate the rows from it."""
         table = validate.to_table(data)
         if table.num_rows == 0:
             raise ValueError("data has no rows")
         validate.check_column_names(table)
+        validate.check_cell_sizes(table)
         with locked(self._paths.lock):
+            prune_superseded(self._paths)
             meta = self._refresh()
+            if source is not None and source in ingested_sources(self._paths):
+                return 0
             id_field = meta["id_field"]
             generated = id_field == validate.GENERATED_ID_FIELD
+            info: dict[str, Any] = {"source_sha256": source} if source else {}
             if generated:
                 if id_field in table.column_names:
                     raise ValueError(
                         f"column {id_field!r} is reserved for generated ids: open the dataset "
                         f"with unique_id_field={id_field!r} to supply your own"
                     )
-                start = int(meta.get("next_generated_id", 0))
+                start = next_generated_id(self._paths, meta)
                 ids = [_short_id(start + i) for i in range(table.num_rows)]
                 table = table.add_column(0, id_field, pa.array(ids, pa.string()))
+                info["next_generated_id"] = start + table.num_rows
             table = validate.string_ids(table, id_field)
             validate.check_schema(table.schema, shard_schema(self._paths))
             stored = read_shards(self._paths, [id_field])
@@ -178,9 +202,31 @@ class AtlasDataset:
                 raise ValueError(
                     "this dataset was created with embeddings: pass embeddings= for every batch"
                 )
-            write_shard(self._paths, table, vectors)
-            if generated:
-                update_meta(self._paths, next_generated_id=start + table.num_rows)
+            self._meta = store_meta(self._paths, meta)
+            write_shard(self._paths, table, vectors, info)
+        return table.num_rows
+
+    def delete_data(self, ids: Any) -> int:
+        """Remove the datums with these ids (Nomic's ``delete_data(ids=...)``); returns how many.
+
+        The way out when a batch got in that should not have: the ids become free to add again
+        and the next ``create_index`` rebuilds the map without them. Unknown ids raise a
+        ``KeyError`` listing them, and nothing is removed. Generated ids are never reused.
+        """
+        keys = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        if not keys:
+            raise ValueError("delete_data needs at least one id")
+        with locked(self._paths.lock):
+            prune_superseded(self._paths)
+            meta = self._refresh()
+            stored = read_shards(self._paths, [meta["id_field"]])
+            known = set() if stored is None else set(stored.column(meta["id_field"]).to_pylist())
+            missing = [k for k in keys if k not in known]
+            if missing:
+                raise KeyError(f"{len(missing)} unknown ids, nothing deleted: {missing[:10]}")
+            if meta["id_field"] == validate.GENERATED_ID_FIELD:
+                update_meta(self._paths, next_generated_id=next_generated_id(self._paths, meta))
+            return delete_rows(self._paths, meta["id_field"], set(keys))
 
     def create_index(
         self,
@@ -314,6 +360,7 @@ class AtlasDataset:
         if not glob(resolved):
             raise ValueError(f"no file matches {pattern!r}")
         with locked(self._paths.lock):
+            self._meta = store_meta(self._paths, self._refresh())  # a bound dataset exists
             update_meta(self._paths, source={"glob": resolved})
         self._refresh()
 

@@ -34,6 +34,8 @@ RESOURCES = (
 )
 
 _SLUG_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# A shard's name: its sequence number, a revision once rewritten by delete_data, a content hash.
+SHARD_NAME = re.compile(r"^(\d{6})(?:r(\d+))?-[0-9a-f]+\.arrow$")
 # A partition key joins namespace and slug with a character that no slug contains.
 _NAMESPACE_SEP = "."
 
@@ -157,8 +159,19 @@ class DatasetPaths:
         return self.resource(name).with_suffix(f".{part}.arrow")
 
     def shard_files(self) -> list[Path]:
-        """Source shards in upload order (their names start with a sequence number)."""
-        return sorted(self.shards.glob("[0-9]*.arrow")) if self.shards.is_dir() else []
+        """Source shards in upload order (their names start with a sequence number).
+
+        Of a rewritten shard (``000003r1-<hash>.arrow``) only the latest revision counts, so a
+        crash between writing a revision and removing the one it replaces never shows both.
+        """
+        latest: dict[int, tuple[int, Path]] = {}
+        for f in self.shards.glob("[0-9]*.arrow") if self.shards.is_dir() else []:
+            match = SHARD_NAME.match(f.name)
+            if match:
+                seq, rev = int(match[1]), int(match[2] or 0)
+                if seq not in latest or latest[seq][0] < rev:
+                    latest[seq] = (rev, f)
+        return [latest[seq][1] for seq in sorted(latest)]
 
 
 def dataset_paths(identifier: str, home: Path | None = None) -> DatasetPaths:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import dagster as dg
 import pandas as pd
@@ -11,9 +13,14 @@ from atlas_assets import AtlasDataset
 from atlas_assets.defs.partitions import atlas_datasets
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.defs.sensors import inbox_sensor
+from atlas_assets.inbox import SETTLE_SECONDS
 
 
 def run_sensor(store, instance):
+    """One tick, after every file in the inbox has settled (see ``inbox.SETTLE_SECONDS``)."""
+    past = time.time() - SETTLE_SECONDS - 5
+    for path in (store / "inbox").rglob("*"):
+        os.utime(path, (past, past))
     context = dg.build_sensor_context(
         instance=instance, resources={"store": AtlasStore(root=str(store))}
     )
@@ -74,3 +81,17 @@ def test_bad_files_and_folders_are_reported_not_retried(store, arxiv):
     assert (inbox / "Bad..Name" / "x.csv").exists()  # never became a partition
     assert not instance.get_dynamic_partitions(atlas_datasets.name)
     assert run_sensor(store, instance).run_requests == []  # not retried
+
+
+def test_a_file_written_moments_ago_waits_for_a_later_tick(store, arxiv):
+    (store / "inbox" / "papers").mkdir(parents=True)
+    arxiv.head(3).to_csv(store / "inbox" / "papers" / "fresh.csv", index=False)
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_sensor_context(
+        instance=instance, resources={"store": AtlasStore(root=str(store))}
+    )
+    result = inbox_sensor(context)  # no settling: the writer may still be at it
+    assert result.run_requests == [] and result.dynamic_partitions_requests == []
+    assert (store / "inbox" / "papers" / "fresh.csv").exists()
+    assert [r.partition_key for r in run_sensor(store, instance).run_requests] == ["papers"]
+    assert AtlasDataset("papers").total_datums == 3

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +16,9 @@ import pyarrow as pa
 import pytest
 
 from atlas_assets import AtlasDataset, NomicDuplicatesOptions
+from atlas_assets.lib.validate import MAX_CELL_BYTES
+from atlas_assets.store import list_datasets
+from atlas_assets.store.datasets import load_meta, read_shards
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -86,12 +95,46 @@ BAD_BATCHES = {
     "float ids": (pd.DataFrame({"id": [1.5], "text": ["t"]}), "strings or integers"),
     "no rows": (frame([]), "no rows"),
     "not a table": ("just text", "DataFrame"),
+    "mixed types": (
+        pd.DataFrame({"id": ["d", "e", "f"], "text": pd.Series(["t", 3, "u"], dtype=object)}),
+        "column 'text' mixes value types: str at rows \\[0, 2\\]; int at rows \\[1\\]",
+    ),
+    "mixed types in dicts": (
+        [{"id": "d", "text": "t"}, {"id": "e", "text": {"x": 1}}],
+        "column 'text' mixes value types: .*dict at rows \\[1\\]",
+    ),
+    "lone surrogate": (
+        pd.DataFrame({"id": ["d", "e"], "text": pd.Series(["t", "bad \udc80"], dtype=object)}),
+        "column 'text' has text that is not valid Unicode \\(lone surrogates\\) at rows \\[1\\]",
+    ),
+    "lone surrogate in dicts": (
+        [{"id": "d\ud800", "text": "t"}],
+        "column 'id' has text that is not valid Unicode",
+    ),
+    "invalid UTF-8 in Arrow": (
+        lambda: pa.table({"id": ["d", "e"], "text": invalid_utf8([b"fine", b"\xff\xfe broken"])}),
+        "column 'text' has strings that are not valid UTF-8 at rows \\[1\\]",
+    ),
+    "id with surrounding whitespace": (frame([" a", "d"]), "surrounding whitespace.*rows \\[0\\]"),
+    "id with a trailing newline": (frame(["d", "a\n"]), "control characters at rows \\[1\\]"),
+    "id with a control character": (frame(["d\x00e"]), "control characters at rows \\[0\\]"),
+    "huge cell": (
+        lambda: pd.DataFrame({"id": ["d", "e"], "text": ["t", "x" * (MAX_CELL_BYTES + 1)]}),
+        f"'text' has cells over the limit of {MAX_CELL_BYTES:,} bytes at rows \\[1\\]",
+    ),
 }
+
+
+def invalid_utf8(values: list[bytes]) -> pa.Array:
+    """A string array holding bytes that are not UTF-8, as a careless writer can produce."""
+    raw = pa.array(values, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
 
 
 @pytest.mark.parametrize("name", list(BAD_BATCHES))
 def test_bad_batches_are_refused_and_write_nothing(ds, store, name):
     data, message = BAD_BATCHES[name]
+    data = data() if callable(data) else data
     before = snapshot(store)
     with pytest.raises(ValueError, match=message):
         ds.add_data(data)
@@ -107,6 +150,11 @@ def test_bad_batches_are_refused_and_write_nothing(ds, store, name):
         (np.ones((3, 2)), "3 rows but the data has 2"),
         (np.array([[0.0, 0.0], [0.2, 0.3]]), "all zero at rows \\[0\\]"),
         (np.ones(2), "2-D"),
+        # finite as float64, broken as float32 (the stored type): every later build would fail
+        (np.array([[1e300, 1.0], [0.2, 0.3]]), "overflow float32 .*at rows \\[0\\]"),
+        (np.array([[0.2, 0.3], [3e38, 3e38]]), "overflow float32 .*at rows \\[1\\]"),
+        (np.array([[1e-300, 1e-300], [0.2, 0.3]]), "all zero at rows \\[0\\]"),
+        (np.array([[0.2, 0.3], [1e-30, 1e-30]]), "too small to normalise .*rows \\[1\\]"),
     ],
 )
 def test_bad_embeddings_are_refused_and_write_nothing(store, vectors, message):
@@ -160,3 +208,121 @@ def test_an_empty_column_takes_the_type_of_other_batches(store):
     assert read_shards(ds._paths).column("note").to_pylist() == [None, "written"]
     with pytest.raises(ValueError, match="'note' has type int64"):
         ds.add_data(pd.DataFrame({"id": ["3"], "text": ["c"], "note": [7]}))
+
+
+def test_a_refused_first_batch_leaves_no_dataset(store):
+    ds = AtlasDataset("fresh", unique_id_field="key")
+    with pytest.raises(ValueError, match="'key' is not a column"):
+        ds.add_data(frame(["a", "b"]))
+    assert list_datasets() == [] and load_meta(ds._paths) is None
+    retry = AtlasDataset("fresh", unique_id_field="id")  # the right id field is accepted
+    retry.add_data(frame(["a", "b"]))
+    assert AtlasDataset("fresh").id_field == "id" and retry.total_datums == 2
+    assert [p.identifier for p in list_datasets()] == ["fresh"]
+
+
+def test_a_dataset_left_without_data_takes_a_new_id_field(store):
+    from atlas_assets.store import write_json
+
+    # what a writer killed between creating the dataset and storing its first batch leaves
+    wrong = AtlasDataset("crashed", unique_id_field="wrong")
+    write_json(wrong._paths.meta, wrong._meta)
+    ds = AtlasDataset("crashed", unique_id_field="id")
+    ds.add_data(frame(["a"]))
+    assert AtlasDataset("crashed").id_field == "id" and ds.total_datums == 1
+
+
+def stored_ids(ds: AtlasDataset) -> list[str]:
+    return read_shards(ds._paths).column(ds.id_field).to_pylist()
+
+
+def test_delete_data_removes_rows_and_frees_their_ids(ds, store):
+    ds.add_data(frame(["d", "e"]))
+    assert ds.delete_data(ids=["b", "e"]) == 2
+    assert stored_ids(ds) == ["a", "c", "d"] and ds.total_datums == 3
+    ds.add_data(frame(["b"]))  # a deleted id may come back
+    before = snapshot(store)
+    with pytest.raises(KeyError, match="1 unknown ids, nothing deleted: \\['zz'\\]"):
+        ds.delete_data(["a", "zz"])
+    assert snapshot(store) == before
+
+
+def test_deleted_generated_ids_are_never_reused(store):
+    ds = AtlasDataset("generated")
+    ds.add_data(pd.DataFrame({"text": ["a", "b"]}))
+    ds.add_data(pd.DataFrame({"text": ["c"]}))
+    ds.delete_data(["2"])  # the last batch, whole
+    ds.add_data(pd.DataFrame({"text": ["d"]}))
+    assert stored_ids(ds) == ["0", "1", "3"]
+
+
+def test_a_crash_while_deleting_never_shows_both_versions_of_a_shard(ds, store):
+    old = ds._paths.shard_files()[0]
+    saved = old.read_bytes()
+    ds.delete_data(["b"])
+    old.write_bytes(saved)  # killed after publishing the new revision, before removing this
+    assert stored_ids(ds) == ["a", "c"]
+    ds.add_data(frame(["d"]))
+    assert stored_ids(ds) == ["a", "c", "d"] and not old.exists()  # the next writer tidies up
+
+
+# A child process that adds batches with generated ids; `stall` stops it right after a shard
+# is published, where the old code had not yet saved the generated-id counter.
+CHILD = """
+import sys, time
+import pandas as pd
+from atlas_assets import AtlasDataset
+import atlas_assets.reader.dataset as reader
+
+if sys.argv[1] == "stall":
+    publish = reader.write_shard
+
+    def publish_then_stall(*args, **kwargs):
+        name = publish(*args, **kwargs)
+        print("published", flush=True)
+        time.sleep(600)
+        return name
+
+    reader.write_shard = publish_then_stall
+ds = AtlasDataset("killed")
+print("ready", flush=True)
+while True:
+    ds.add_data(pd.DataFrame({"text": ["x", "y", "z"]}))
+"""
+
+
+def run_child(mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
+
+
+def kill9(child: subprocess.Popen) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    child.stdout.close()
+
+
+def check_accepts_the_next_batch() -> None:
+    ds = AtlasDataset("killed")
+    ds.add_data(pd.DataFrame({"text": ["after"]}))
+    ids = stored_ids(ds)
+    assert len(ids) == len(set(ids)) == ds.total_datums
+
+
+def test_add_data_killed_after_publishing_a_shard_accepts_the_next_batch(store):
+    child = run_child("stall")
+    assert child.stdout.readline() == "ready\n"
+    assert child.stdout.readline() == "published\n"
+    kill9(child)
+    check_accepts_the_next_batch()
+
+
+def test_add_data_killed_at_any_point_accepts_the_next_batch(store):
+    rng = random.Random(18)
+    for _ in range(6):
+        child = run_child("loop")
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.0, 0.5))
+        kill9(child)
+        check_accepts_the_next_batch()
