@@ -70,6 +70,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # 1M row positions as JSON are ~8 MB
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers (h11's limit)
 HEAD_TIMEOUT = 10.0  # seconds for a request's head, from connecting or the previous answer
 BODY_TIMEOUT = 60.0  # seconds for a request's body, from its head (16 MB at 270 KB/s)
+WRITE_TIMEOUT = 30.0  # seconds an answer may wait for a client that stopped reading it
 KEEP_ALIVE_TIMEOUT = 5  # an idle connection is closed after this many seconds
 MAX_CONNECTIONS = 64  # beyond this uvicorn answers 503
 MAX_SEARCH_RESULTS = 200_000
@@ -224,12 +225,12 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        refusal = self._refusal(request)
         extra = list(SECURITY_HEADERS)
-        if self.token is not None:
-            given, in_url = self._given_token(request)
-            if in_url and given and hmac.compare_digest(given.encode(), self.token.encode()):
-                cookie = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-                extra.append((b"set-cookie", cookie.encode()))
+        if refusal is None and self.token is not None and self._given_token(request)[1]:
+            # The token came in the URL (and passed): keep it for the page's own requests.
+            cookie = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+            extra.append((b"set-cookie", cookie.encode()))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -237,7 +238,6 @@ class GuardMiddleware:
                 message["headers"] = [*message["headers"], *extra]
             await send(message)
 
-        refusal = self._refusal(request)
         if refusal is not None:
             if request.method not in ("GET", "HEAD", "OPTIONS"):  # its body is not read
                 refusal.headers["connection"] = "close"
@@ -502,16 +502,19 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 class DeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with deadlines: a request's head must arrive within
     ``head_timeout`` seconds of the connection opening (or of the previous answer), its body
-    within ``body_timeout`` of its head; otherwise the connection is closed. uvicorn alone times
-    out only idle keep-alive connections, and a client trickling one byte at a time (slowloris)
+    within ``body_timeout`` of its head; otherwise the connection is closed. A client that stops
+    reading an answer for ``write_timeout`` seconds is cut off. uvicorn alone times out only idle
+    keep-alive connections: a client trickling one byte at a time (slowloris), or never reading,
     would hold a connection forever."""
 
     head_timeout = HEAD_TIMEOUT
     body_timeout = BODY_TIMEOUT
+    write_timeout = WRITE_TIMEOUT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._phase: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._stalled: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._follow()
 
@@ -526,7 +529,21 @@ class DeadlineH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = "closed"
         self._cancel()
+        if self._stalled is not None:
+            self._stalled.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            # close() would wait for the unread answer to flush: only abort() frees it.
+            self._stalled = self.loop.call_later(self.write_timeout, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
 
     def _follow(self) -> None:
         """(Re)arm the deadline when the client moves between sending a head and a body."""
@@ -550,18 +567,24 @@ class DeadlineH11Protocol(H11Protocol):
     def _expire(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
-            self.transport.close()  # a body being read sees http.disconnect
+            # Gracefully: an answer still being sent is flushed first (or the stall deadline
+            # aborts it). A body being read sees http.disconnect.
+            self.transport.close()
 
 
 def make_server(
-    app: ASGIApp, *, head_timeout: float = HEAD_TIMEOUT, body_timeout: float = BODY_TIMEOUT
+    app: ASGIApp,
+    *,
+    head_timeout: float = HEAD_TIMEOUT,
+    body_timeout: float = BODY_TIMEOUT,
+    write_timeout: float = WRITE_TIMEOUT,
 ) -> uvicorn.Server:
     """The uvicorn server for the explorer: h11 with the deadlines of
     :class:`DeadlineH11Protocol`, a capped request head, short keep-alive, a connection cap."""
     protocol = type(
         "ExplorerH11Protocol",
         (DeadlineH11Protocol,),
-        {"head_timeout": head_timeout, "body_timeout": body_timeout},
+        dict(head_timeout=head_timeout, body_timeout=body_timeout, write_timeout=write_timeout),
     )
     config = uvicorn.Config(
         app,

@@ -70,12 +70,19 @@ def explorer_map(tmp_path_factory: pytest.TempPathFactory, arxiv: pd.DataFrame):
 
 
 @contextmanager
-def running_server(app, host: str = "127.0.0.1", **limits: float) -> Iterator[socket.socket]:
+def running_server(
+    app, host: str = "127.0.0.1", send_buffer: int | None = None, **limits: float
+) -> Iterator[socket.socket]:
     """``app`` served in a thread by the uvicorn server ``atlas serve`` runs (same protocol,
-    limits and timeouts; ``limits`` shortens them), on a free port of ``host``."""
+    limits and timeouts; ``limits`` shortens them), on a free port of ``host``.
+
+    ``send_buffer`` fixes the kernel's send buffer of accepted connections (they inherit it),
+    as a slow network would; loopback's autotuning otherwise buffers megabytes."""
     from atlas_assets.explorer.server import bind_socket, make_server
 
     sock = bind_socket(host, 0)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     server = make_server(app, **limits)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

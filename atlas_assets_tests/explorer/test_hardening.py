@@ -30,13 +30,15 @@ from atlas_assets_tests.explorer.conftest import (
     running_server,
 )
 
-HEAD_TIMEOUT, BODY_TIMEOUT = 1.0, 2.0  # shortened for the tests; `atlas serve` waits longer
+# Shortened for the tests; `atlas serve` waits longer.
+HEAD_TIMEOUT, BODY_TIMEOUT, WRITE_TIMEOUT = 1.0, 2.0, 2.0
 
 
 @pytest.fixture(scope="module")
 def base(explorer_map: ExplorerMap) -> Iterator[str]:
     app = create_app(explorer_map.dataset)
-    with running_server(app, head_timeout=HEAD_TIMEOUT, body_timeout=BODY_TIMEOUT) as sock:
+    limits = {"head_timeout": HEAD_TIMEOUT, "body_timeout": BODY_TIMEOUT}
+    with running_server(app, **limits, write_timeout=WRITE_TIMEOUT) as sock:
         yield url_for(sock).rsplit("/", 1)[0]
 
 
@@ -213,6 +215,26 @@ def test_a_body_trickled_byte_by_byte_times_out(base: str, explorer_map: Explore
     sock.close()
     assert closed and time.monotonic() - started < BODY_TIMEOUT + 3
     assert "trickle" not in _tag_names(explorer_map)
+
+
+def test_a_client_that_stops_reading_an_answer_is_cut_off(explorer_map: ExplorerMap) -> None:
+    """Ask for every row as CSV and never read it: the buffers fill, and instead of waiting
+    forever (even a keep-alive close() waits for the flush) the server drops the connection."""
+    body = json.dumps({"indices": list(range(len(explorer_map.ids))), "format": "csv"})
+    path = f"/api/maps/{explorer_map.dataset}/export"
+    app = create_app(explorer_map.dataset)
+    with running_server(app, send_buffer=16384, write_timeout=WRITE_TIMEOUT) as server:
+        base = url_for(server).rsplit("/", 1)[0]
+        full = len(httpx.post(base + path, content=body, headers=_json_headers(base)).content)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+        sock.connect(server.getsockname())
+        sock.sendall(_head(base, "POST", path, f"Content-Length: {len(body)}\r\n") + body.encode())
+        time.sleep(WRITE_TIMEOUT + 2)
+        closed, got = _closed_within(sock, 10)
+        sock.close()
+    assert full > 200_000, full
+    assert closed and len(got) < full, (closed, len(got), full)
 
 
 # -- what answers carry -----------------------------------------------------------------------
