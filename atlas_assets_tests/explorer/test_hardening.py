@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -82,6 +83,16 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
             return True, got
         got += chunk
     return False, got
+
+
+def _local_ipv4_addresses() -> set[str]:
+    """This machine's IPv4 addresses, from the kernel's routing trie (Linux)."""
+    lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    return {
+        line.split()[-1]
+        for line, after in zip(lines, lines[1:], strict=False)
+        if "/32 host LOCAL" in after
+    }
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -404,6 +415,16 @@ def test_wildcard_bind_keeps_the_host_and_origin_checks(
     rebound = httpx.get(f"{base}/api/config", headers={**auth, "Host": "evil.example"})
     assert rebound.status_code == 421
     assert httpx.get(f"{base}/api/config", headers=auth).status_code == 200
+    port = urlsplit(base).port
+    # This machine's own names and addresses are answered (it is reached by them)...
+    own = {socket.gethostname(), "127.0.1.1", "[::1]", *_local_ipv4_addresses()}
+    for name in own:
+        answer = httpx.get(f"{base}/api/config", headers={**auth, "Host": f"{name}:{port}"})
+        assert answer.status_code == 200, (name, answer.text)
+    # ... addresses of other machines and the wildcard address are not.
+    for name in ("0.0.0.0", "192.0.2.1", "[2001:db8::1]", "localhost.evil.example"):
+        answer = httpx.get(f"{base}/api/config", headers={**auth, "Host": f"{name}:{port}"})
+        assert answer.status_code == 421, (name, answer.text)
     cross = httpx.post(
         f"{base}/api/maps/{explorer_map.dataset}/tags",
         content=json.dumps({"tag": "cross-site", "indices": [1]}),
