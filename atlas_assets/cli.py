@@ -235,7 +235,9 @@ def cmd_bind(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from atlas_assets.explorer.server import serve
 
-    return serve(args.dataset, host=args.host, port=args.port)
+    return serve(
+        args.dataset, host=args.host, port=args.port, token=args.token, allow_hosts=args.allow_host
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("dataset")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    serve.add_argument(
+        "--token",
+        action="store_true",
+        help="require a token (printed in the URL) even on loopback; always on beyond loopback",
+    )
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (a DNS name the machine is reached by); "
+        "repeatable",
+    )
     serve.set_defaults(func=cmd_serve)
     return parser
 

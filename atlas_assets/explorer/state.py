@@ -1,5 +1,8 @@
 """What the explorer shows of one map: points, colour categories, topic labels, datums, search.
 
+This is the read model only; what a request may carry is checked in
+:mod:`atlas_assets.explorer.validation`.
+
 Everything is read through the reader's accessors (a request never names a file) and cached per
 map version, so even a 1M-point map is read once and then served from memory. Tags are the
 exception: they are read live from the tag store, which notebooks may change at any time.
@@ -21,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from atlas_assets.explorer.validation import check_query, neutralise_formulas, safe_colour
 from atlas_assets.options import NomicEmbedOptions
 from atlas_assets.reader.tags import open_tag_store
 from atlas_assets.store import (
@@ -40,7 +44,6 @@ CATEGORICAL_MAX_DISTINCT = 40
 CATEGORICAL_SAMPLE = 5000
 # Hover cards show long texts in full up to this many characters (a 1 MB cell would stall them).
 MAX_FIELD_CHARS = 20_000
-MAX_QUERY_CHARS = 500
 MAX_SEMANTIC_K = 1000
 PREVIEW_RESULTS = 20
 OTHER, NONE = "(other)", "(none)"
@@ -123,32 +126,6 @@ def display_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     return display_value(json.dumps(value, default=str))
-
-
-def check_query(query: Any) -> str:
-    """A search string: non-empty, at most :data:`MAX_QUERY_CHARS` characters."""
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError("the search query q must be a non-empty string")
-    if len(query) > MAX_QUERY_CHARS:
-        raise ValueError(f"the search query is {len(query)} characters; the limit is 500")
-    return query.strip()
-
-
-def check_indices(raw: Any, n: int) -> np.ndarray:
-    """Row positions from a request: a list of integers in ``[0, n)``, de-duplicated."""
-    if not isinstance(raw, list):
-        raise ValueError("indices must be a JSON list of row positions")
-    if len(raw) > n:
-        raise ValueError(f"{len(raw)} indices given, but the map has {n} points")
-    if not raw:
-        return np.zeros(0, np.int64)
-    if not all(type(v) is int for v in raw):
-        bad = next(v for v in raw if type(v) is not int)
-        raise ValueError(f"indices must be integers, got {bad!r}")
-    arr = np.asarray(raw, dtype=np.int64)
-    if arr.min() < 0 or arr.max() >= n:
-        raise ValueError(f"indices must be in [0, {n}); got {int(arr.min())}..{int(arr.max())}")
-    return np.unique(arr)
 
 
 def _optional(read):
@@ -504,14 +481,17 @@ class MapView:
         return [
             {
                 "name": t["tag_name"],
-                "color": t["metadata"].get("color"),
+                "color": safe_colour(t["metadata"].get("color")),
                 "count": t["metadata"].get("count", 0),
             }
             for t in self.map.tags.get_tags()
         ]
 
     def export(self, indices: np.ndarray, fmt: str) -> tuple[bytes, str, str]:
-        """The selected rows (with their topics) as ``(body, media type, file name)``."""
+        """The selected rows (with their topics) as ``(body, media type, file name)``.
+
+        In CSV, text that a spreadsheet would run as a formula gets a leading ``'``; Parquet
+        keeps every value as it is."""
         table = self.table.take(pa.array(indices, pa.int64()))
         if self.topics is not None:
             for column in self.topic_depths:
@@ -522,7 +502,7 @@ class MapView:
         if fmt == "csv":
             import pyarrow.csv as pacsv
 
-            pacsv.write_csv(table, sink)
+            pacsv.write_csv(neutralise_formulas(table), sink)
             return sink.getvalue(), "text/csv; charset=utf-8", f"{name}.csv"
         if fmt == "parquet":
             import pyarrow.parquet as pq

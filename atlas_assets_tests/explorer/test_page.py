@@ -194,3 +194,32 @@ def test_topic_labels_change_with_zoom(page, explorer_map: ExplorerMap) -> None:
     assert all(text in by_depth[depth] for depth, text in shown)
     assert all(text not in parents for depth, text in shown if depth == 1), shown
     assert {text for _, text in shown} != before
+
+
+def test_the_page_works_behind_a_token(browser, explorer_map: ExplorerMap) -> None:
+    """Opened once with ``?token=``, the page's own requests (scripts, data, tagging) carry the
+    token in its cookie; without the token nothing loads."""
+    from atlas_assets.explorer.server import create_app, url_for
+    from atlas_assets_tests.explorer.conftest import running_server
+
+    app = create_app(explorer_map.dataset, token="page-token")
+    with running_server(app) as sock:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        tab = context.new_page()
+        problems: list[str] = []
+        tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        refused = tab.goto(url_for(sock))
+        assert refused.status == 403 and "token" in tab.content()
+
+        tab.goto(url_for(sock, token="page-token"))
+        tab.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert tab.inner_text("#dataset-count") == f"{len(explorer_map.ids)} points"
+        tab.fill("#search-input", "pebble game")
+        tab.press("#search-input", "Enter")
+        tab.locator("#results li").first.wait_for()
+        tab.fill("#tag-name", "behind-token")
+        tab.click("#tag-add")
+        tab.locator("#tags").get_by_text("behind-token").wait_for()
+        context.close()
+    assert _tags_of(explorer_map, "behind-token") == ["0704.0002"]
+    assert not problems, problems

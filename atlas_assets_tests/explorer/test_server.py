@@ -196,3 +196,8 @@ def test_cli_serve_is_registered() -> None:
 
     args = build_parser().parse_args(["serve", "my-data", "--port", "9999"])
     assert (args.dataset, args.host, args.port) == ("my-data", "127.0.0.1", 9999)
+    assert (args.token, args.allow_host) == (False, [])
+    args = build_parser().parse_args(
+        ["serve", "d", "--token", "--allow-host", "a.example", "--allow-host", "b.example"]
+    )
+    assert args.token and args.allow_host == ["a.example", "b.example"]

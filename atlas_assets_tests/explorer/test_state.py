@@ -7,13 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from atlas_assets.explorer.state import (
-    categorize,
-    check_indices,
-    display_value,
-    normalize_xy,
-    shlex_terms,
-)
+from atlas_assets.explorer.state import categorize, display_value, normalize_xy, shlex_terms
+from atlas_assets.explorer.validation import check_indices
 
 
 def test_categorize_keeps_the_most_frequent_values_then_other_and_none() -> None:
