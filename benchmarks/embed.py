@@ -184,9 +184,10 @@ def static_path(
 ) -> dict:
     """Speed and downstream quality of the static fast path beside the default's."""
     from atlas_assets.lib.duplicates import find_duplicates
+    from atlas_assets.lib.knn import knn_graph
     from atlas_assets.lib.static_embed import load_static_model, model_file
     from atlas_assets.options import NomicDuplicatesOptions
-    from benchmarks.duplicates import ag_judge, cached_embed
+    from benchmarks.duplicates import MAP_K, ag_judge, cached_embed
 
     path = model_file(home=cache_dir(), vocab_limit=vocab_limit)
     was_cached = path.exists()
@@ -237,7 +238,8 @@ def static_path(
     cutoff = NomicDuplicatesOptions().duplicate_cutoff
     dup_rows = []
     for name, vectors in (("default", cached_embed(texts, "ag")), ("static", static.encode(texts))):
-        found = find_duplicates(vectors, cutoff)
+        # As the pipeline does: over the map's kNN graph of the same vectors.
+        found = find_duplicates(vectors, cutoff, knn=knn_graph(vectors, MAP_K))
         judged = out[f"dup_{name}"] = judge(found)
         recalls = [judged[f"recall_{k}"] for k in ("exact", "case", "punct", "dropword", "edited")]
         dup_rows.append([name, len(found.pairs), *recalls, judged["false_flag"]])

@@ -10,23 +10,20 @@ Search strategy, cheapest first:
 
 1. Byte-identical vectors are grouped by hashing, so exact copies always share a cluster (even at
    ``cutoff=0``) and only distinct vectors are searched.
-2. With a kNN graph (the map's shared one), pairs are read off the graph. A row whose k-th
-   neighbour is still within the cutoff may have more duplicates than the graph holds, so only
-   those rows are range-searched.
-3. Otherwise, up to ``exact_limit`` distinct vectors: an exact self-join with faiss
-   ``range_search``, in blocks over the lower triangle (each pair is computed once, half the
-   work of a full self-join), on 65-d vectors whose distances lower-bound the true ones
-   (top principal directions plus the residual norm) when a sample shows that prunes well;
-   every candidate is then verified on the full vectors, so the result stays exact.
-4. Past ``exact_limit``: a partitioned search as in SemDeDup: k-means cells
-   (``IndexIVFFlat``) with ``nprobe > 1`` so neighbouring cells are searched too. Approximate;
-   ``benchmarks/duplicates.py`` measures its recall against the exact search.
+2. Pairs are read off the kNN graph (the map's shared one, a required argument). A row whose
+   k-th neighbour is still within the cutoff may have more duplicates than the graph holds, so
+   only those rows are range-searched: exactly (faiss ``IndexFlatIP.range_search``) up to
+   ``exact_limit`` distinct vectors, beyond that by a partitioned search as in SemDeDup: k-means
+   cells (``IndexIVFFlat``) with ``nprobe > 1`` so neighbouring cells are searched too.
+   Approximate; ``benchmarks/duplicates.py`` measures its recall against an exact search.
+
+Every candidate pair's distance is then recomputed on the normalised vectors, so all routes
+decide "within the cutoff" the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,17 +43,6 @@ DISTANCE_TOLERANCE = 1e-6
 # all search paths decide "within the cutoff" identically.
 _SEARCH_SLACK = 1e-4
 _BLOCK = 4096
-# The triangular self-join computes its diagonal blocks in full; smaller blocks waste less and
-# are still large enough for BLAS to run at full speed.
-_TRI_BLOCK = 1024
-# Lower-bound projection for the exact join (see _bound_vectors): dimensions kept, slack for
-# float32 rounding of squared distances, when to bother, and the candidate rate (share of all
-# pairs) above which verifying candidates would cost more than the projection saves.
-_BOUND_DIM = 64
-_BOUND_SLACK = 1e-3
-_BOUND_MIN_ROWS = 4096
-_BOUND_SAMPLE = 1500
-_BOUND_MAX_RATE = 2e-3
 
 
 @dataclass(frozen=True)
@@ -154,7 +140,7 @@ def find_duplicates(
     latent: np.ndarray,
     cutoff: float = 0.1,
     *,
-    knn: KnnGraph | None = None,
+    knn: KnnGraph,
     priority: np.ndarray | None = None,
     exact_limit: int = DEFAULT_EXACT_LIMIT,
     nprobe: int = 8,
@@ -171,10 +157,10 @@ def find_duplicates(
     candidate"; rows without duplicates are "singleton" with a cluster of their own. Cluster ids
     are numbered in order of each cluster's first row, so results are deterministic.
 
-    ``knn`` (the map's kNN graph over the same vectors) is reused where it provably holds every
-    pair; rows whose k-th neighbour is still within the cutoff are range-searched. Without it,
-    up to ``exact_limit`` distinct vectors are searched exactly; beyond, a k-means partitioned
-    search over ``n_cells`` cells (default ``~2 sqrt(N)``) probing ``nprobe`` of them per row.
+    ``knn`` (the map's kNN graph over the same, normalised, vectors) is reused where it provably
+    holds every pair; rows whose k-th neighbour is still within the cutoff are range-searched:
+    exactly up to ``exact_limit`` distinct vectors, beyond that by a k-means partitioned search
+    over ``n_cells`` cells (default ``~2 sqrt(N)``) probing ``nprobe`` of them per row.
     """
     cutoff = float(cutoff)
     if not 0.0 <= cutoff <= 2.0:  # also rejects NaN
@@ -186,7 +172,7 @@ def find_duplicates(
         raise ValueError("latent contains NaN or infinite values")
     n = x.shape[0]
     prio = _check_priority(priority, n)
-    if knn is not None and knn.indices.shape[0] != n:
+    if knn.indices.shape[0] != n:
         raise ValueError(f"knn graph has {knn.indices.shape[0]} rows, latent has {n}")
     if n == 0:
         return _empty_result()
@@ -196,12 +182,7 @@ def find_duplicates(
     xu = x if len(first) == n else x[first]  # no copy when every vector is distinct
     limit = cutoff + DISTANCE_TOLERANCE
 
-    if knn is not None:
-        a, b = _pairs_from_graph(xu, inverse, knn, limit, exact_limit, nprobe, n_cells, seed)
-    elif len(xu) <= exact_limit:
-        a, b = _exact_pairs(xu, limit)
-    else:
-        a, b = _partitioned_pairs(xu, np.arange(len(xu)), limit, nprobe, n_cells, seed)
+    a, b = _pairs_from_graph(xu, inverse, knn, limit, exact_limit, nprobe, n_cells, seed)
     a, b, dist = _within(xu, a, b, limit)
 
     labels = _components(len(xu), a, b)[inverse]
@@ -287,102 +268,6 @@ def _range_pairs(index, queries: np.ndarray, query_ids: np.ndarray, limit: float
         lims, _, hits = index.range_search(q, radius)
         out_a.append(np.repeat(query_ids[start : start + _BLOCK], np.diff(lims.astype(np.int64))))
         out_b.append(hits.astype(np.int64))
-    return _concat(out_a), _concat(out_b)
-
-
-def _exact_pairs(xu: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
-    """Exact candidate pairs: a lower-triangle self-join, on a cheap lower-bound projection
-    when one prunes well, else on the vectors themselves."""
-    # The bound's dense algebra is small: one BLAS thread avoids thread start-up and barrier
-    # costs, which dominate on a busy 2-core machine.
-    with _single_blas_thread():
-        z = _bound_vectors(xu, limit)
-        if z is not None:
-            return _bound_join(z, 2.0 * limit + _BOUND_SLACK)
-    return _triangular_join(xu, 1.0 - limit - _SEARCH_SLACK)
-
-
-def _single_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional (comes with scikit-learn): without it, keep the default
-        return nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-def _bound_join(z: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Lower-triangle pairs with squared L2 distance at most ``radius`` (numpy: on these short
-    vectors one GEMM a block plus a threshold beats faiss's range-search bookkeeping)."""
-    sq = np.einsum("ij,ij->i", z, z)
-    out_a, out_b = [], []
-    for start in range(0, len(z), _TRI_BLOCK):
-        stop = min(start + _TRI_BLOCK, len(z))
-        dist = z[start:stop] @ z[:stop].T
-        dist *= -2.0
-        dist += sq[start:stop, None]
-        dist += sq[None, :stop]
-        rows, cols = np.nonzero(dist <= radius)
-        rows += start
-        keep = cols < rows  # lower triangle only: drops self and mirrored pairs
-        out_a.append(cols[keep].astype(np.int64))
-        out_b.append(rows[keep].astype(np.int64))
-    return _concat(out_a), _concat(out_b)
-
-
-def _bound_vectors(xu: np.ndarray, limit: float) -> np.ndarray | None:
-    """Short vectors whose squared L2 distances never exceed ``2 * cosine distance``.
-
-    For unit vectors ``|x - y|^2 = 2 (1 - cos)``. Splitting space into the top principal
-    directions ``P`` and the rest ``R``, ``|x - y|^2 >= |Px - Py|^2 + (|Rx| - |Ry|)^2``, which is
-    the squared distance between ``[Px, |Rx|]`` and ``[Py, |Ry|]``. So a join on these
-    ``_BOUND_DIM + 1``-d vectors finds every pair within the cutoff (a superset, verified
-    afterwards) at a fraction of the cost. Text embeddings concentrate their variance in few
-    directions, so the bound prunes well; when a sample says it would not (e.g. isotropic
-    vectors, large cutoffs), return None and join the full vectors instead.
-    """
-    n, d = xu.shape
-    if n < _BOUND_MIN_ROWS or d <= 2 * _BOUND_DIM:
-        return None
-    rng = np.random.default_rng(0)
-    sample = xu[np.sort(rng.choice(n, min(n, _BOUND_SAMPLE), replace=False))]
-    # Principal directions from the d x d covariance (eigh is much cheaper than an SVD).
-    centred = (sample - sample.mean(axis=0)).astype(np.float64)
-    _, vecs = np.linalg.eigh(centred.T @ centred)
-    basis = np.ascontiguousarray(vecs[:, ::-1][:, :_BOUND_DIM], dtype=np.float32)
-
-    def project(x: np.ndarray) -> np.ndarray:
-        z = x @ basis
-        rest = np.sqrt(np.maximum((x * x).sum(axis=1) - (z * z).sum(axis=1), 0.0))
-        return np.ascontiguousarray(np.hstack([z, rest[:, None]]), dtype=np.float32)
-
-    zs = project(sample)
-    sq = (zs * zs).sum(axis=1)
-    lower = sq[:, None] + sq[None, :] - 2.0 * zs @ zs.T
-    candidate_rate = (np.count_nonzero(lower <= 2.0 * limit + _BOUND_SLACK) - len(zs)) / max(
-        len(zs) * (len(zs) - 1), 1
-    )
-    if candidate_rate > _BOUND_MAX_RATE:  # verifying that many candidates costs more than it saves
-        return None
-    return project(xu)
-
-
-def _triangular_join(v: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Self-join over the lower triangle: each block is searched against itself and all
-    earlier rows only, so every pair is computed about once instead of twice. Keeps inner
-    products above ``radius``."""
-    import faiss
-
-    index = faiss.IndexFlatIP(v.shape[1])
-    out_a, out_b = [], []
-    for start in range(0, len(v), _TRI_BLOCK):
-        block = v[start : start + _TRI_BLOCK]
-        index.add(block)
-        lims, _, hits = index.range_search(block, radius)
-        rows = np.repeat(np.arange(start, start + len(block)), np.diff(lims.astype(np.int64)))
-        hits = hits.astype(np.int64)
-        keep = hits < rows  # drops self and the upper half of the diagonal block
-        out_a.append(hits[keep])
-        out_b.append(rows[keep])
     return _concat(out_a), _concat(out_b)
 
 

@@ -27,7 +27,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,9 +145,9 @@ class TagStore:
 
     Args:
         path: The SQLite file (created, with its schema, on first use; its directory must exist).
-        valid_ids: Returns the dataset's current datum ids; :meth:`add` rejects ids not among
-            them. ``None`` disables the check. Returning a ``set``/``frozenset`` (or a pyarrow
-            array) avoids a conversion per call.
+        valid_ids: Returns the dataset's current datum ids (best as a pyarrow array, which is
+            used as is); :meth:`add` and :meth:`replace_members` reject ids not among them.
+            ``None`` disables the check.
     """
 
     def __init__(
@@ -284,26 +283,23 @@ class TagStore:
     def _tag_seqs(con: sqlite3.Connection) -> dict[str, int]:
         return dict(con.execute("SELECT name, seq FROM tags ORDER BY seq"))
 
-    def _create_in(
-        self,
-        con: sqlite3.Connection,
-        name: str,
-        color: str | None = None,
-        description: str | None = None,
-    ) -> int:
-        """Create ``name`` if missing (inside the caller's write transaction); its ``seq``."""
+    def _create_in(self, con: sqlite3.Connection, name: str, description: str | None = None) -> int:
+        """Create ``name`` if missing (inside the caller's write transaction); its ``seq``.
+
+        An existing tag keeps its id, creation time, colour and description.
+        """
         row = con.execute("SELECT seq FROM tags WHERE name = ?", (name,)).fetchone()
         if row is not None:
             return int(row[0])
         cur = con.execute(
-            "INSERT INTO tags (tag_id, name, created, color, description) VALUES (?, ?, ?, ?, ?)",
-            (str(uuid.uuid4()), name, _now(), color, description),
+            "INSERT INTO tags (tag_id, name, created, description) VALUES (?, ?, ?, ?)",
+            (str(uuid.uuid4()), name, _now(), description),
         )
         seq = int(cur.lastrowid)
-        if color is None:
-            con.execute(
-                "UPDATE tags SET color = ? WHERE seq = ?", (PALETTE[(seq - 1) % len(PALETTE)], seq)
-            )
+        # Colours follow creation order (seq is AUTOINCREMENT: never reused after a delete).
+        con.execute(
+            "UPDATE tags SET color = ? WHERE seq = ?", (PALETTE[(seq - 1) % len(PALETTE)], seq)
+        )
         return seq
 
     def _unknown_tag_error(self, con: sqlite3.Connection, names: Sequence[str]) -> ValueError:
@@ -319,17 +315,12 @@ class TagStore:
         if self.valid_ids is None or not ids:
             return
         valid = self.valid_ids()
-        if isinstance(valid, pa.ChunkedArray | pa.Array):
-            # Hash join in Arrow: no million-element Python set per call.
-            known = pc.is_in(pa.array(ids, type=pa.string()), value_set=valid.cast(pa.string()))
-            mask = np.asarray(known.to_numpy(zero_copy_only=False), dtype=bool)
-            unknown = [i for i, ok in zip(ids, mask, strict=True) if not ok]
-        else:
-            if isinstance(valid, np.ndarray):
-                valid = valid.tolist()
-            if not isinstance(valid, AbstractSet):
-                valid = set(valid)
-            unknown = [i for i in ids if i not in valid]
+        if not isinstance(valid, pa.ChunkedArray | pa.Array):
+            valid = pa.array(list(valid), type=pa.string())
+        # Hash join in Arrow: no million-element Python set per call.
+        known = pc.is_in(pa.array(ids, type=pa.string()), value_set=valid.cast(pa.string()))
+        mask = np.asarray(known.to_numpy(zero_copy_only=False), dtype=bool)
+        unknown = [i for i, ok in zip(ids, mask, strict=True) if not ok]
         if unknown:
             raise ValueError(
                 f"{len(unknown)} of {len(ids)} ids are not in the dataset: {_preview(unknown)}. "
@@ -352,37 +343,6 @@ class TagStore:
                 "FROM tags t ORDER BY t.seq"
             ).fetchall()
         return [self._tag_row_to_dict(r[:6], r[6]) for r in rows]
-
-    def create_tag(
-        self, name: str, *, color: str | None = None, description: str | None = None
-    ) -> dict:
-        """Create a tag with no datums; an existing tag of that name is returned unchanged.
-
-        Args:
-            name: 1 to :data:`MAX_TAG_NAME` characters, not whitespace-only, no surrounding
-                whitespace.
-            color: Any CSS colour string; default: the next colour of :data:`PALETTE`.
-            description: Free text.
-
-        Returns:
-            The tag, as one element of :meth:`get_tags`.
-        """
-        name = _check_tag_name(name)
-        for field, value in (("color", color), ("description", description)):
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"Tag {field} must be a string, got {type(value).__name__}")
-        if color is not None and not color.strip():
-            raise ValueError("Tag color must not be empty; pass None for the default")
-        with self._transaction(write=True) as con:
-            seq = self._create_in(con, name, color, description)
-            row = con.execute(
-                "SELECT seq, tag_id, name, created, color, description FROM tags WHERE seq = ?",
-                (seq,),
-            ).fetchone()
-            count = con.execute(
-                "SELECT COUNT(*) FROM memberships WHERE tag_seq = ?", (seq,)
-            ).fetchone()[0]
-        return self._tag_row_to_dict(row, count)
 
     def add(self, ids: Iterable[str], tags: str | Iterable[str]) -> int:
         """Tag datums, creating any tags that do not exist yet.
@@ -434,7 +394,7 @@ class TagStore:
                 "SELECT ?, datum_id FROM temp._batch",
                 (seq,),
             )
-        return len(set(id_list))
+        return len(id_list)  # already de-duplicated
 
     def remove(
         self,

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from atlas_assets.lib.duplicates import (
+    DISTANCE_TOLERANCE,
     DUPLICATE_CLASSES,
     DuplicateResult,
     find_duplicates,
@@ -40,6 +41,50 @@ def planted() -> tuple[np.ndarray, list[tuple[int, int]]]:
     return x, pairs
 
 
+def _find(x: np.ndarray, cutoff: float, k: int = 10, **kwargs) -> DuplicateResult:
+    """``find_duplicates`` as the pipeline calls it: with the kNN graph of the unit vectors."""
+    return find_duplicates(x, cutoff, knn=knn_graph(_unit(x), k), **kwargs)
+
+
+def _oracle_pairs(x: np.ndarray, cutoff: float) -> pd.DataFrame:
+    """Every pair ``i < j`` within ``cutoff``, by brute force in float64: the reference."""
+    u = x.astype(np.float64)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    dist = 1.0 - u @ u.T
+    i, j = np.nonzero(np.triu(dist <= cutoff + DISTANCE_TOLERANCE, k=1))
+    return pd.DataFrame({"i": i, "j": j, "distance": dist[i, j]})
+
+
+def _assert_matches_oracle(
+    res: DuplicateResult, x: np.ndarray, cutoff: float, priority: np.ndarray | None = None
+) -> set[tuple[int, int]]:
+    """The result holds exactly the oracle's pairs and distances, its clusters are the pairs'
+    connected components, and each keeps its lowest-priority (then first) row. Returns the pairs.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(x)
+    _check_invariants(res, n)
+    truth = _oracle_pairs(x, cutoff)
+    found = set(zip(res.pairs.i.tolist(), res.pairs.j.tolist(), strict=True))
+    assert found == set(zip(truth.i.tolist(), truth.j.tolist(), strict=True))
+    np.testing.assert_allclose(res.pairs.distance, truth.distance, atol=1e-5)
+    graph = coo_matrix((np.ones(len(truth)), (truth.i, truth.j)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    # Same partition: cluster ids and components map one to one.
+    links = set(zip(res.cluster_id.tolist(), component.tolist(), strict=True))
+    assert len(links) == len(set(component.tolist())) == len(set(res.cluster_id.tolist()))
+    rank = np.arange(n) if priority is None else np.asarray(priority)
+    order = np.lexsort((np.arange(n), rank))  # by priority, then upload order
+    keeper = pd.Series(order, index=component[order]).groupby(level=0).first()
+    size = np.bincount(component)
+    for comp, row in keeper.items():
+        expected = "retention candidate" if size[comp] > 1 else "singleton"
+        assert res.duplicate_class[row] == expected
+    return found
+
+
 def _check_invariants(res: DuplicateResult, n: int) -> None:
     assert res.cluster_id.shape == (n,) and res.cluster_id.dtype == np.int64
     assert res.duplicate_class.shape == (n,)
@@ -66,14 +111,13 @@ def _check_invariants(res: DuplicateResult, n: int) -> None:
 
 def test_planted_duplicates_found_with_invariants(planted) -> None:
     x, pairs = planted
-    res = find_duplicates(x, 0.1)
-    _check_invariants(res, len(x))
+    res = _find(x, 0.1)
+    found = _assert_matches_oracle(res, x, 0.1)
     for a, b in pairs:
         assert res.cluster_id[a] == res.cluster_id[b]
         assert res.duplicate_class[a] == "retention candidate"  # first in upload order
         assert res.duplicate_class[b] == "deletion candidate"
     assert res.n_clusters == 100 and res.n_deletion == 100
-    found = set(zip(res.pairs.i, res.pairs.j, strict=True))
     assert found == set(pairs)
 
 
@@ -82,8 +126,8 @@ def test_exact_copies_share_a_cluster_even_at_cutoff_zero() -> None:
     x = rng.standard_normal((50, 16)).astype(np.float32) * 3  # not normalised on purpose
     x[[10, 20, 30]] = x[3]
     x[40] = x[3] * 2.5  # same direction, different length: cosine distance ~0
-    res = find_duplicates(x, 0.0)
-    _check_invariants(res, len(x))
+    res = _find(x, 0.0)
+    _assert_matches_oracle(res, x, 0.0)
     assert len(set(res.cluster_id[[3, 10, 20, 30, 40]])) == 1
     assert res.n_deletion == 4
     exact = res.pairs[(res.pairs.i == 3) & (res.pairs.j == 10)]
@@ -109,7 +153,7 @@ def test_exact_copies_grouped_whatever_the_hashes_say(monkeypatch, collide: bool
 
 def test_rows_without_neighbours_are_singletons_with_unique_ids(planted) -> None:
     x, _ = planted
-    res = find_duplicates(x[:500], 0.1)  # originals only: no duplicates
+    res = _find(x[:500], 0.1)  # originals only: no duplicates
     assert (res.duplicate_class == "singleton").all()
     assert (res.cluster_id == np.arange(500)).all()
     assert res.n_clusters == 0 and res.n_deletion == 0 and res.pairs.empty
@@ -122,7 +166,8 @@ def test_chains_are_one_cluster() -> None:
     for _ in range(4):  # each step 0.06 away from the previous one: a chain, not a clique
         rows.append(_near(rows[-1], 0.06, rng))
     x = np.vstack(rows + list(_unit(rng.standard_normal((5, 64)))))
-    res = find_duplicates(x, 0.1)
+    res = _find(x, 0.1, k=3)
+    _assert_matches_oracle(res, x, 0.1)
     assert len(set(res.cluster_id[:5])) == 1
     assert res.n_clusters == 1 and res.n_deletion == 4
 
@@ -135,9 +180,8 @@ def test_monotonic_in_cutoff() -> None:
     prev_pairs, prev_del = -1, -1
     prev_set: set = set()
     for cutoff in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3):
-        res = find_duplicates(x, cutoff)
-        _check_invariants(res, len(x))
-        found = set(zip(res.pairs.i, res.pairs.j, strict=True))
+        res = _find(x, cutoff)
+        found = _assert_matches_oracle(res, x, cutoff)
         assert prev_set <= found
         assert len(res.pairs) >= prev_pairs and res.n_deletion >= prev_del
         assert (res.pairs.distance <= cutoff + 1e-6).all()
@@ -147,50 +191,58 @@ def test_monotonic_in_cutoff() -> None:
 @pytest.mark.parametrize("cutoff", [-0.01, 2.5, float("nan")])
 def test_invalid_cutoff(cutoff: float) -> None:
     with pytest.raises(ValueError, match="cutoff"):
-        find_duplicates(np.eye(3, dtype=np.float32), cutoff)
+        _find(np.eye(3, dtype=np.float32), cutoff)
 
 
 def test_cutoff_bounds_are_valid() -> None:
     x = _unit(np.random.default_rng(4).standard_normal((20, 8)))
-    assert find_duplicates(x, 2.0).n_clusters == 1  # everything is within distance 2
-    assert find_duplicates(x, 0.0).n_clusters == 0
+    every = _find(x, 2.0)  # everything is within distance 2: every row is range-searched
+    assert every.n_clusters == 1 and len(every.pairs) == 20 * 19 // 2
+    assert _find(x, 0.0).n_clusters == 0
 
 
 def test_invalid_inputs() -> None:
+    eye = np.eye(3, dtype=np.float32)
+    graph = knn_graph(eye, 2)
+    with pytest.raises(TypeError, match="knn"):  # the map's graph is required
+        find_duplicates(eye, 0.1)
     with pytest.raises(ValueError, match="2-D"):
-        find_duplicates(np.zeros(5, np.float32))
+        find_duplicates(np.zeros(3, np.float32), knn=graph)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        find_duplicates(np.full((3, 3), np.nan, np.float32), knn=graph)
     with pytest.raises(ValueError, match="priority"):
-        find_duplicates(np.eye(3, dtype=np.float32), priority=np.arange(2))
+        find_duplicates(eye, knn=graph, priority=np.arange(2))
     with pytest.raises(ValueError, match="knn graph"):
-        find_duplicates(np.eye(3, dtype=np.float32), knn=knn_graph(np.eye(4, dtype=np.float32), 2))
+        find_duplicates(eye, knn=knn_graph(np.eye(4, dtype=np.float32), 2))
 
 
 def test_empty_and_single_row() -> None:
-    empty = find_duplicates(np.zeros((0, 8), np.float32))
+    empty = find_duplicates(np.zeros((0, 8), np.float32), knn=knn_graph(np.zeros((0, 8)), 10))
     assert empty.cluster_id.shape == (0,) and empty.duplicate_class.shape == (0,)
     assert empty.pairs.empty and list(empty.pairs.columns) == ["i", "j", "distance"]
     assert empty.n_clusters == 0 and empty.n_deletion == 0
-    one = find_duplicates(np.ones((1, 8), np.float32))
+    one = _find(np.ones((1, 8), np.float32), 0.1)
     assert one.cluster_id.tolist() == [0] and one.duplicate_class.tolist() == ["singleton"]
     assert one.pairs.empty
-    two = find_duplicates(np.ones((2, 8), np.float32))
+    two = _find(np.ones((2, 8), np.float32), 0.1)
     assert two.duplicate_class.tolist() == ["retention candidate", "deletion candidate"]
 
 
-@pytest.mark.parametrize("k", [1, 3, 10])
-def test_knn_path_agrees_with_range_search(planted, k: int) -> None:
-    x, _ = planted
+def _crowded(x: np.ndarray) -> np.ndarray:
+    """``x`` plus a group of 6 exact copies of row 7 and one of 12 near copies of row 8: more
+    duplicates than small graphs hold, so their rows are saturated."""
     rng = np.random.default_rng(5)
-    # A few big groups of exact and near copies saturate small graphs, forcing the fallback.
-    extra = np.vstack([x[7]] * 6 + [_near(x[8], 0.02, rng) for _ in range(12)])
-    x = np.vstack([x, extra])
+    return np.vstack([x, *[x[7]] * 6, *[_near(x[8], 0.02, rng) for _ in range(12)]])
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_saturated_rows_are_range_searched(planted, k: int) -> None:
+    x = _crowded(planted[0])
     graph = knn_graph(x, k)
     for cutoff in (0.05, 0.1):
-        direct = find_duplicates(x, cutoff)
-        via_graph = find_duplicates(x, cutoff, knn=graph)
-        pd.testing.assert_frame_equal(direct.pairs, via_graph.pairs)
-        np.testing.assert_array_equal(direct.cluster_id, via_graph.cluster_id)
-        np.testing.assert_array_equal(direct.duplicate_class, via_graph.duplicate_class)
+        # The near-copy group's 13 rows each have more duplicates than the graph holds.
+        assert (graph.distances[:, -1] <= cutoff).sum() >= 13
+        _assert_matches_oracle(find_duplicates(x, cutoff, knn=graph), x, cutoff)
 
 
 def test_knn_graph_smaller_than_k() -> None:
@@ -199,25 +251,21 @@ def test_knn_graph_smaller_than_k() -> None:
     assert res.pairs[["i", "j"]].values.tolist() == [[0, 4]]
 
 
-def test_partitioned_path_finds_planted_duplicates(planted) -> None:
+def test_partitioned_search_for_saturated_rows_past_exact_limit(planted) -> None:
     x, pairs = planted
-    exact = find_duplicates(x, 0.1)
-    part = find_duplicates(x, 0.1, exact_limit=100, nprobe=4)
-    _check_invariants(part, len(x))
-    found = set(zip(part.pairs.i, part.pairs.j, strict=True))
-    assert found == set(pairs)
-    np.testing.assert_array_equal(exact.cluster_id, part.cluster_id)
-    # The graph's fallback for saturated rows uses the partitioned search too.
-    graph = knn_graph(x, 1)
-    part_graph = find_duplicates(x, 0.1, knn=graph, exact_limit=100, nprobe=4)
-    assert set(zip(part_graph.pairs.i, part_graph.pairs.j, strict=True)) == set(pairs)
+    x = _crowded(x)
+    # k=1 saturates every duplicate's row; past exact_limit they go to the k-means cells.
+    res = find_duplicates(x, 0.1, knn=knn_graph(x, 1), exact_limit=100, nprobe=4)
+    found = _assert_matches_oracle(res, x, 0.1)
+    assert set(pairs) <= found
 
 
 def test_priority_chooses_retention(planted) -> None:
     x, _ = planted
     priority = np.zeros(len(x))
     priority[1000:1100] = -1  # prefer the later copies
-    res = find_duplicates(x, 0.1, priority=priority)
+    res = _find(x, 0.1, priority=priority)
+    _assert_matches_oracle(res, x, 0.1, priority)
     assert (res.duplicate_class[1000:1100] == "retention candidate").all()
     assert (res.duplicate_class[0:100] == "deletion candidate").all()
 
@@ -258,38 +306,12 @@ def test_keep_rule_drives_retention() -> None:
     x = _unit(rng.standard_normal((6, 16)))
     x[[2, 4]] = x[0]
     texts = ["short", "x", "the longest text", "y", "mid text", "z"]
-    res = find_duplicates(x, 0.1, priority=keep_priority("longest", texts=texts))
+    res = _find(x, 0.1, k=3, priority=keep_priority("longest", texts=texts))
     assert res.duplicate_class[[0, 2, 4]].tolist() == [
         "deletion candidate",
         "retention candidate",
         "deletion candidate",
     ]
     fields = pd.DataFrame({"views": [5, 0, 9, 0, 1, 0]})
-    res = find_duplicates(x, 0.1, priority=keep_priority("min:views", fields=fields))
+    res = _find(x, 0.1, k=3, priority=keep_priority("min:views", fields=fields))
     assert res.duplicate_class[4] == "retention candidate"
-
-
-def test_lower_bound_projection_is_exact(monkeypatch) -> None:
-    """The pruned join (low-rank data, where it kicks in) finds exactly the plain join's pairs."""
-    from atlas_assets.lib import duplicates
-
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((5000, 12)) @ rng.standard_normal((12, 160))
-    x = _unit(x + 0.05 * rng.standard_normal(x.shape))
-    for n, src in enumerate(range(0, 300, 3)):
-        x[4000 + n] = _near(x[src], 0.01 * (n % 12), rng)
-    assert duplicates._bound_vectors(x, 0.1) is not None
-    pruned = {c: find_duplicates(x, c) for c in (0.05, 0.1)}
-    monkeypatch.setattr(duplicates, "_bound_vectors", lambda *args: None)
-    for cutoff, res in pruned.items():
-        plain = find_duplicates(x, cutoff)
-        assert len(plain.pairs) >= 50
-        pd.testing.assert_frame_equal(res.pairs, plain.pairs)
-
-
-def test_lower_bound_skipped_for_isotropic_vectors() -> None:
-    from atlas_assets.lib import duplicates
-
-    # A large cutoff on isotropic vectors: the bound would keep most pairs as candidates.
-    x = _unit(np.random.default_rng(8).standard_normal((5000, 384)))
-    assert duplicates._bound_vectors(x, 0.8) is None

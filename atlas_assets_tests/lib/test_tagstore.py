@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from atlas_assets.lib.tagstore import MAX_TAG_NAME, SCHEMA_VERSION, TagStore
+from atlas_assets.lib.tagstore import MAX_TAG_NAME, PALETTE, SCHEMA_VERSION, TagStore
 
 IDS = [f"d{i:05d}" for i in range(1000)]
 
@@ -45,34 +45,38 @@ def test_round_trip(store):
 
 
 def test_creation_order_and_metadata(store):
-    created = store.create_tag("zeta", color="#123456", description="last letter")
+    assert store.replace_members("zeta", [], description="last letter") == 0
     store.add(IDS[:5], ["alpha", "zeta"])
-    store.create_tag("mid")
+    store.replace_members("mid", [])
     tags = store.get_tags()
     assert [t["tag_name"] for t in tags] == ["zeta", "alpha", "mid"]
     assert set(tags[0]) == {"tag_name", "tag_id", "metadata"}
-    assert tags[0]["tag_id"] == created["tag_id"]
-    assert tags[0]["metadata"]["color"] == "#123456"
     assert tags[0]["metadata"]["description"] == "last letter"
+    assert tags[1]["metadata"]["description"] is None
     assert [t["metadata"]["count"] for t in tags] == [5, 5, 0]
     assert len({t["tag_id"] for t in tags}) == 3
+    # Colours from the palette in creation order.
+    assert [t["metadata"]["color"] for t in tags] == list(PALETTE[:3])
     for t in tags:
         assert isinstance(t["tag_id"], str)
         assert datetime.fromisoformat(t["metadata"]["created"]).tzinfo is not None
-        assert t["metadata"]["color"]  # a default colour is always assigned
     assert tags[0]["metadata"]["created"] <= tags[1]["metadata"]["created"]
-    assert created["metadata"]["count"] == 0
     assert store.counts() == {"zeta": 5, "alpha": 5, "mid": 0}
 
 
-def test_create_tag_is_idempotent(store):
-    first = store.create_tag("keep", color="red", description="x")
-    store.add(IDS[:3], "keep")
-    again = store.create_tag("keep", color="blue")
-    assert again["tag_id"] == first["tag_id"]
-    assert again["metadata"]["color"] == "red"
-    assert again["metadata"]["count"] == 3
-    assert len(store.get_tags()) == 1
+def test_replace_members_keeps_the_tag(store):
+    # What every duplicates rebuild does to its derived tag: members change, the tag does not.
+    assert store.replace_members("derived", IDS[:3] + IDS[:1], description="x") == 3
+    store.add(IDS[3:5], ["derived", "other"])
+    before = store.get_tags()[0]
+    assert store.replace_members("derived", IDS[8:10], description="ignored") == 2
+    after = store.get_tags()[0]
+    assert store.get_datums_in_tag("derived") == IDS[8:10]
+    assert store.get_datums_in_tag("other") == IDS[3:5]  # other tags untouched
+    assert after["tag_id"] == before["tag_id"]
+    assert after["metadata"] == {**before["metadata"], "count": 2}
+    assert store.replace_members("derived", []) == 0
+    assert store.counts() == {"derived": 0, "other": 2}
 
 
 def test_add_is_idempotent(store):
@@ -95,7 +99,7 @@ def test_delete_all(store):
     # ids are ignored with delete_all; a re-created tag is new and empty.
     assert store.remove(["d00000"], "b", delete_all=True) == 10
     assert store.get_tags() == []
-    store.create_tag("a")
+    store.replace_members("a", [])
     assert store.get_tags()[0]["tag_id"] != old_id
     assert store.get_datums_in_tag("a") == []
 
@@ -103,7 +107,7 @@ def test_delete_all(store):
 def test_memberships_aligned_to_ids(store):
     store.add(["d00001", "d00003"], "odd")
     store.add(["d00002"], "even")
-    store.create_tag("empty")
+    store.replace_members("empty", [])
     order = ["d00003", "unknown", "d00002", "d00001", "d00003"]
     m = store.memberships(order)
     assert list(m) == ["odd", "even", "empty"]
@@ -157,8 +161,9 @@ LONG = "x" * (MAX_TAG_NAME + 1)
         (lambda s: s.add(["d00000"], LONG), rf"limit is {MAX_TAG_NAME}"),
         (lambda s: s.add(["d00000"], ["new", 5]), r"must be strings, got int"),
         (lambda s: s.add(["d00000"], []), r"No tag names given"),
-        (lambda s: s.create_tag(LONG), rf"limit is {MAX_TAG_NAME}"),
-        (lambda s: s.create_tag("c", color=""), r"color must not be empty"),
+        (lambda s: s.replace_members(LONG, []), rf"limit is {MAX_TAG_NAME}"),
+        (lambda s: s.replace_members("t", ["d00004", "bad"]), r"1 of 2 ids are not in the dataset"),
+        (lambda s: s.replace_members("t", "d00004"), r"not a single str"),
         (lambda s: s.remove(["d00000"], "nosuch"), r"Unknown tag 'nosuch'.*known tags \(1\): 't'"),
         (lambda s: s.remove(["d00000"], ["t", "nosuch"]), r"Unknown tag 'nosuch'"),
         (lambda s: s.remove(None, "nosuch", delete_all=True), r"Unknown tag 'nosuch'"),
@@ -221,7 +226,7 @@ def test_persists_across_reopen(tmp_path):
 
 def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "tags.sqlite"
-    TagStore(path).create_tag("t")
+    TagStore(path).add(["x"], "t")
     con = sqlite3.connect(path)
     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
@@ -275,7 +280,7 @@ def test_concurrent_writers_lose_nothing(tmp_path, method):
     target: TagStore | object = path
     if method == "fork":
         target = TagStore(path)
-        target.create_tag("shared")
+        target.replace_members("shared", [])
     barrier = ctx.Barrier(n_proc)
     procs = [ctx.Process(target=_add_worker, args=(target, w, n, barrier)) for w in range(n_proc)]
     for p in procs:
@@ -330,8 +335,8 @@ def _batch_writer(path, batches: int, started) -> None:
 def test_reader_sees_all_or_nothing(tmp_path):
     path = tmp_path / "tags.sqlite"
     store = TagStore(path)
-    store.create_tag("x")
-    store.create_tag("y")
+    store.replace_members("x", [])
+    store.replace_members("y", [])
     # fork starts in milliseconds; spawn works too where fork is unavailable.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     started = ctx.Event()
