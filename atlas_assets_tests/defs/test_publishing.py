@@ -3,12 +3,15 @@ the publish_maps sensor: a succeeded run's build once the run is over, a failed 
 
 from __future__ import annotations
 
+import os
+import socket
+
 import dagster as dg
 
 from atlas_assets.definitions import defs
 from atlas_assets.defs.partitions import atlas_datasets
-from atlas_assets.defs.publishing import fail_dead_runs, process_tags, publish_maps
-from atlas_assets.defs.resources import AtlasStore
+from atlas_assets.defs.publishing import _run_pid, fail_dead_runs, process_tags, publish_maps
+from atlas_assets.defs.resources import HOST_TAG, PID_TAG, AtlasStore
 from atlas_assets.store import dataset_paths, published, resource_info
 from atlas_assets.store.datasets import update_meta
 from atlas_assets.store.layout import ensure_dagster_home
@@ -47,6 +50,11 @@ def test_a_ui_run_is_published_by_the_next_tick_a_failed_one_never(store, arxiv,
         instance.add_dynamic_partitions(atlas_datasets.name, ["ui"])
         first = ui_run(instance, PIPELINE)
         assert first.success and published(paths).resources == {}  # not yet
+        # The run says where its process lives: the host from the store resource, the pid
+        # from Dagster's own log, so a run launched by the daemon can be told dead too.
+        run = instance.get_run_by_id(first.run_id)
+        assert run.tags[HOST_TAG] == socket.gethostname() and PID_TAG not in run.tags
+        assert _run_pid(instance, run) == os.getpid()
         assert "published: 1" in tick(instance)
         assert set(published(paths).resources) == PIPELINE and seed(paths) == 0
         first_files = dict(published(paths).resources)

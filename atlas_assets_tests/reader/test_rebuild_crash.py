@@ -13,13 +13,21 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 from starlette.testclient import TestClient
 
 from atlas_assets import AtlasDataset
 from atlas_assets.defs.publishing import publish_maps
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.explorer.server import create_app
-from atlas_assets.store import RESOURCES, dataset_paths, published, resource_info
+from atlas_assets.store import (
+    RESOURCES,
+    StaleResourceError,
+    dataset_paths,
+    published,
+    resource_info,
+)
+from atlas_assets.store.publish import collect_garbage
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "http://127.0.0.1:8000"
@@ -168,10 +176,14 @@ def test_a_rebuild_killed_at_any_point_leaves_the_previous_map_and_no_started_ru
     assert not list(paths.root.rglob("*.tmp"))
 
 
-def test_readers_in_another_process_never_see_a_mixed_map_during_a_rebuild(store, arxiv, tmp_path):
+def test_readers_in_another_process_never_see_a_mixed_map_during_a_rebuild(
+    store, arxiv, tmp_path, monkeypatch
+):
     ds = AtlasDataset("busy", unique_id_field="arxiv_id")
     ds.add_data(arxiv.head(60))
     ds.create_index(indexed_field="abstract", projection={"seed": 1}, topic_model={"seed": 1})
+    first = ds.maps[0].embeddings.projected
+    opened = ds.maps[0]  # read lazily, after the rebuild
     stop, ready = tmp_path / "stop", tmp_path / "ready"
     reader = _python(
         READER, "busy", str(stop), str(ready), stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -190,3 +202,12 @@ def test_readers_in_another_process_never_see_a_mixed_map_during_a_rebuild(store
     assert report["n_errors"] == 0, report["errors"]
     assert report["mixed"] == []
     assert report["seen"] == [[1, 1], [2, 2]] and report["opens"] > 5
+
+    # A map opened before the rebuild keeps reading its own version for the grace period...
+    pd.testing.assert_frame_equal(opened.embeddings.projected, first)
+    assert not ds.maps[0].embeddings.projected.equals(first)
+    # ...and once its files are gone, it says to open the map again rather than mixing.
+    monkeypatch.setenv("ATLAS_PUBLISH_GRACE_SECONDS", "0")
+    collect_garbage(dataset_paths("busy"))
+    with pytest.raises(StaleResourceError, match="open the map again"):
+        _ = opened.topics.df
