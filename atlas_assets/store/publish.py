@@ -247,7 +247,7 @@ def commit(paths: DatasetPaths, build: str) -> PublishedMap:
     with locked(paths.publish_lock):
         current = published(paths)
         chain = _chain_docs(paths, build)
-        if not chain or build in current.history or _top(f"builds/{build}") in current.retired:
+        if not chain or _settled(current, build):
             return current
         staged: dict[str, str | None] = {}
         for name, _ in reversed(chain):  # the nearest run's files win
@@ -291,6 +291,13 @@ def commit(paths: DatasetPaths, build: str) -> PublishedMap:
     return published(paths)
 
 
+def _settled(current: PublishedMap, build: str) -> bool:
+    """Whether ``build`` was committed or discarded already (never to be committed again)."""
+    top = f"builds/{build}"
+    in_use = {_top(rel) for rel in current.resources.values()}
+    return build in current.history or top in current.retired or top in in_use
+
+
 def _discard_locked(paths: DatasetPaths, current: PublishedMap, builds: list[str]) -> None:
     in_use = {_top(rel) for rel in current.resources.values()}
     retired = dict(current.retired)
@@ -308,7 +315,7 @@ def discard(paths: DatasetPaths, build: str) -> None:
     after the grace period (a re-execution of the run may still read it until then)."""
     with locked(paths.publish_lock):
         current = published(paths)
-        if build not in current.history:
+        if not _settled(current, build):
             _discard_locked(paths, current, [build])
 
 
@@ -321,7 +328,7 @@ def pending_builds(paths: DatasetPaths) -> list[str]:
     found = []
     for build_dir in folder.iterdir():
         name = build_dir.name
-        if name in current.history or f"builds/{name}" in current.retired:
+        if _settled(current, name):
             continue
         doc = _build_doc(paths, name)
         if doc is not None:

@@ -98,6 +98,19 @@ def test_committing_twice_or_a_discarded_build_changes_nothing(paths):
     assert published(paths).generation == 2
 
 
+def test_a_build_long_out_of_the_history_is_still_never_committed_again(paths, monkeypatch):
+    from atlas_assets.store import publish
+
+    monkeypatch.setattr(publish, "_HISTORY", 1)
+    commit(build(paths, "run-a", 1), "run-a")
+    commit(build(paths, "run-b", 2, names=("projected",)), "run-b")
+    commit(build(paths, "run-c", 3, names=("topics",)), "run-c")
+    assert published(paths).history == ("run-c",)  # run-a's dataset is still published
+    assert pending_builds(paths) == []
+    commit(paths, "run-a")
+    assert values(paths) == {"dataset": 1, "projected": 2, "topics": 3}
+
+
 def test_a_dropped_resource_leaves_the_map_with_its_parts(paths):
     run = build(paths, "run-a", 1, names=("dataset", "duplicates"))
     write(run, "duplicates", 1, part="pairs")
