@@ -111,6 +111,18 @@ def test_a_build_long_out_of_the_history_is_still_never_committed_again(paths, m
     assert values(paths) == {"dataset": 1, "projected": 2, "topics": 3}
 
 
+def test_a_re_execution_reads_and_publishes_what_its_failed_parent_built(paths):
+    commit(build(paths, "run-a", 1), "run-a")
+    build(paths, "parent", 2, names=("dataset", "projected"))  # then failed at topics
+    discard(paths, "parent")
+    child = bind_run(paths, "child", parents=("parent",))  # "re-execute from failure"
+    assert value(child.resource("projected")) == 2  # the parent's, not the published one
+    write(child, "topics", 2)
+    commit(paths, "child")
+    assert values(paths) == {"dataset": 2, "projected": 2, "topics": 2}
+    assert "builds/parent" not in published(paths).retired  # in use again: kept
+
+
 def test_a_dropped_resource_leaves_the_map_with_its_parts(paths):
     run = build(paths, "run-a", 1, names=("dataset", "duplicates"))
     write(run, "duplicates", 1, part="pairs")
