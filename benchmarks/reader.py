@@ -31,7 +31,7 @@ def growth_mb(before: float) -> float:
 def write_map(n: int, dim: int = 384) -> None:
     """An N-row map on disk, written the way the assets write it."""
     from atlas_assets import AtlasDataset
-    from atlas_assets.store import write_resource
+    from atlas_assets.store import bind_run, commit, write_resource
     from atlas_assets.store.datasets import update_meta
     from atlas_assets.store.files import fixed_list
 
@@ -51,9 +51,9 @@ def write_map(n: int, dim: int = 384) -> None:
     ids = pa.array([f"r{i}" for i in range(n)])
     texts = pa.array([f"text of row {i}" for i in range(n)])
     version = "bench"
-    paths = ds._paths
+    paths = bind_run(ds._paths, "bench")  # a build, published at the end like a run's
     write_resource(
-        paths.resource("dataset"),
+        paths.output("dataset"),
         pa.table({"id": ids, "text": texts}),
         resource="dataset",
         dataset_version=version,
@@ -63,7 +63,7 @@ def write_map(n: int, dim: int = 384) -> None:
         block = rng.normal(size=(min(100_000, n - start), dim)).astype(np.float32)
         vectors[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     write_resource(
-        paths.resource("latent"),
+        paths.output("latent"),
         pa.table({"id": ids, "embedding": fixed_list(vectors)}),
         resource="latent",
         dataset_version=version,
@@ -76,7 +76,8 @@ def write_map(n: int, dim: int = 384) -> None:
             "topic_depth_2": pa.array(np.array(["a", "b", "c"])[rng.integers(0, 3, n)]),
         }
     )
-    write_resource(paths.resource("topics"), topics, resource="topics", dataset_version=version)
+    write_resource(paths.output("topics"), topics, resource="topics", dataset_version=version)
+    commit(ds._paths, "bench")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -98,11 +99,11 @@ def main(argv: list[str] | None = None) -> str:
         assert latent.shape == (n, 384) and all(t.num_rows == n for t in tables)
         ours_s, ours_mb = time.perf_counter() - start, growth_mb(before)
 
-        resources = atlas_map._paths.resources
+        files = atlas_map._published
         gc.collect()
         before, start = rss_mb(), time.perf_counter()
         copies = [
-            pa.ipc.open_file(pa.OSFile(str(resources / f"{r}.arrow"))).read_all()
+            pa.ipc.open_file(pa.OSFile(str(files.path(r)))).read_all()
             for r in ("dataset", "topics", "latent")
         ]
         base_s, base_mb = time.perf_counter() - start, growth_mb(before)

@@ -1,26 +1,54 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
 
-from atlas_assets.store import DatasetPaths, atlas_home, dataset_paths
+from atlas_assets.store import DatasetPaths, atlas_home, bind_run, dataset_paths
+
+# Where a run's process lives (see defs/publishing.py): create_index sets both tags as it creates
+# the run; for other runs the store resource sets the host, and Dagster's log has the pid.
+HOST_TAG = "atlas/host"
+PID_TAG = "atlas/pid"
 
 
 class AtlasStore(dg.ConfigurableResource):
-    """The store root the assets read and write (default: ``$ATLAS_HOME`` or the checkout's)."""
+    """The store root the assets read and write (default: ``$ATLAS_HOME`` or the checkout's).
+
+    Inside a run, :meth:`paths` gives the run's view of a dataset: the run writes its own build
+    of the map, published whole when the run has succeeded (see ``store/publish.py``).
+    """
 
     root: str = ""
+    _run: tuple[str, ...] = PrivateAttr(default=())  # this run's id, then the runs it re-executes
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is None:
+            return
+        if HOST_TAG not in run.tags and context.instance is not None:
+            context.instance.add_run_tags(run.run_id, {HOST_TAG: socket.gethostname()})
+        chain = [run.run_id]
+        parent = run.parent_run_id
+        while parent and context.instance is not None and len(chain) < 50:
+            chain.append(parent)
+            parent_run = context.instance.get_run_by_id(parent)
+            parent = parent_run.parent_run_id if parent_run else None
+        self._run = tuple(chain)
 
     def home(self) -> Path:
         return Path(self.root).resolve() if self.root else atlas_home()
 
     def paths(self, partition_key: str) -> DatasetPaths:
-        """The dataset paths of a partition; an invalid key is refused before any file access."""
+        """The dataset paths of a partition (the run's view inside a run); an invalid key is
+        refused before any file access."""
         try:
-            return dataset_paths(partition_key, self.home())
+            paths = dataset_paths(partition_key, self.home())
         except ValueError as err:
             raise dg.Failure(str(err)) from None
+        return bind_run(paths, self._run[0], self._run[1:]) if self._run else paths
 
 
 @dg.definitions

@@ -60,7 +60,7 @@ from atlas_assets.explorer.validation import (
     parse_json_object,
     scrub_paths,
 )
-from atlas_assets.store import ResourceNotReadyError, StaleResourceError, dataset_paths
+from atlas_assets.store import ResourceNotReadyError, StaleResourceError, dataset_paths, published
 from atlas_assets.store import list_datasets as _list_datasets
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -267,7 +267,7 @@ class GuardMiddleware:
 
 
 class MapViews:
-    """One :class:`MapView` per dataset, rebuilt when the map's files change."""
+    """One :class:`MapView` per dataset, rebuilt when another version of its map is published."""
 
     def __init__(self) -> None:
         self._views: dict[str, tuple[tuple, MapView]] = {}
@@ -275,11 +275,10 @@ class MapViews:
 
     @staticmethod
     def _signature(identifier: str) -> tuple:
+        # A rebuild changes nothing readers see until it publishes a new manifest.
         paths = dataset_paths(identifier)
-        files = [paths.meta] + [
-            paths.resource(r) for r in ("dataset", "projected", "topics", "metadata", "duplicates")
-        ]
-        return tuple(f.stat().st_mtime_ns if f.exists() else None for f in files)
+        meta = paths.meta.stat().st_mtime_ns if paths.meta.exists() else None
+        return (meta, published(paths).stamp)
 
     def get(self, identifier: str) -> MapView:
         """The view of ``identifier`` (validated by the store before any file is touched)."""

@@ -31,7 +31,6 @@ from atlas_assets.store import (
     ResourceNotReadyError,
     StaleResourceError,
     dataset_paths,
-    resource_info,
 )
 from atlas_assets.store.datasets import load_meta, stored_embedding_dim
 
@@ -203,7 +202,7 @@ class MapView:
         """
         if stored_embedding_dim(self.paths) is not None:
             return None
-        built = (resource_info(self.paths.resource("latent")) or {}).get("params")
+        built = (self.map.info("latent") or {}).get("params")
         recorded = built or self.map.config.get("embedding") or {}
         return NomicEmbedOptions(
             **{k: recorded[k] for k in ("model", "mode") if recorded.get(k) is not None}

@@ -9,8 +9,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from atlas_assets.store import read_resource
-
 if TYPE_CHECKING:
     from atlas_assets.reader.map import AtlasMap
 
@@ -50,8 +48,7 @@ class AtlasMapDuplicates:
 
     def pairs(self) -> pd.DataFrame:
         """Every pair within the cutoff, ``[<id>_a, <id>_b, distance]``: see what sits near it."""
-        path = self._map._paths.resource_part("duplicates", "pairs")
-        return read_resource(path, expected_version=self._map.version).to_pandas()
+        return self._map.read("duplicates", part="pairs").to_pandas()
 
     @property
     def cutoff(self) -> float:

@@ -1,7 +1,8 @@
 """``AtlasMap`` and its resource accessors, over the files the Dagster assets wrote.
 
-Reading never imports Dagster, umap or torch. Every resource is checked against the version of
-the materialized ``dataset``, so a map never mixes resources built from different data.
+Reading never imports Dagster, umap or torch. A map reads the version published when it was
+opened (the store's manifest, resolved once), so a rebuild running or killed meanwhile never
+mixes into it; every resource is also checked against the version of its ``dataset``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from atlas_assets.store import ResourceNotReadyError, read_resource, resource_info
+from atlas_assets.store import (
+    ResourceNotReadyError,
+    StaleResourceError,
+    published,
+    read_resource,
+    resource_info,
+)
 from atlas_assets.store.files import matrix
+from atlas_assets.store.layout import resource_key
 
 if TYPE_CHECKING:
     from atlas_assets.reader.dataset import AtlasDataset
@@ -28,8 +36,12 @@ class AtlasMap:
 
     def __init__(self, dataset: AtlasDataset, config: dict[str, Any]) -> None:
         self.dataset = dataset
-        self.config = config
         self._paths = dataset._paths
+        # The published version, resolved once: every accessor of this object reads it.
+        self._published = published(self._paths)
+        # The configuration the published map was built with (a newer one may be recorded
+        # for a rebuild that has not finished).
+        self.config = self._published.config or config
 
     @property
     def name(self) -> str:
@@ -45,10 +57,15 @@ class AtlasMap:
     @cached_property
     def version(self) -> str:
         """The dataset version this map serves (that of its materialized ``dataset`` resource)."""
-        info = resource_info(self._paths.resource("dataset"))
+        info = self.info("dataset")
         if info is None:
             raise self.not_ready("dataset")
         return info["dataset_version"]
+
+    def info(self, resource: str) -> dict[str, Any] | None:
+        """The lineage recorded in a resource of this map (dataset version, parameters), or
+        None if the map has no such resource."""
+        return resource_info(self._published.path(resource_key(resource)))
 
     def not_ready(self, resource: str) -> ResourceNotReadyError:
         ident = self.dataset.identifier
@@ -58,11 +75,17 @@ class AtlasMap:
             f"{self._paths.partition_key!r} in the Dagster UI)"
         )
 
-    def read(self, resource: str) -> pa.Table:
-        """A resource table, memory-mapped, at this map's dataset version."""
-        path = self._paths.resource(resource)
-        if not path.is_file():
+    def read(self, resource: str, part: str | None = None) -> pa.Table:
+        """A resource table (or one of its parts), memory-mapped, at this map's version."""
+        key = resource_key(resource, part)
+        if key not in self._published.resources:
             raise self.not_ready(resource)
+        path = self._published.path(key)
+        if not path.is_file():  # removed a grace period after a newer map was published
+            raise StaleResourceError(
+                f"map resource {key!r} of dataset {self.dataset.identifier!r} was replaced by a "
+                "newer build since this map was opened: open the map again (dataset.maps[0])"
+            )
         return read_resource(path, expected_version=self.version)
 
     @cached_property

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 
-from atlas_assets.store import DatasetPaths
+from atlas_assets.store import DatasetPaths, commit
 from atlas_assets.store.layout import ensure_dagster_home
+from atlas_assets.store.publish import discard
 
 
 def _root_message(error) -> str:
@@ -20,14 +21,18 @@ def _root_message(error) -> str:
 
 
 def materialize_map(paths: DatasetPaths) -> str:
-    """Build every map resource of ``paths``'s partition; returns the Dagster run id."""
+    """Build every map resource of ``paths``'s partition and publish the map; returns the
+    Dagster run id. Until the run has succeeded, readers keep the previous map."""
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     import dagster as dg  # imported here: reading a map never needs Dagster
 
     from atlas_assets.definitions import defs
     from atlas_assets.defs.partitions import atlas_datasets
+    from atlas_assets.defs.publishing import fail_dead_runs, process_tags, publish_finished
 
     with dg.DagsterInstance.get() as instance:
+        fail_dead_runs(instance)  # killed builds: failed, their builds discarded just below
+        publish_finished(instance, [paths])
         key = paths.partition_key
         if not instance.has_dynamic_partition(atlas_datasets.name, key):
             instance.add_dynamic_partitions(atlas_datasets.name, [key])
@@ -36,14 +41,17 @@ def materialize_map(paths: DatasetPaths) -> str:
             instance=instance,
             partition_key=key,
             raise_on_error=False,
+            tags=process_tags(),
             # Step progress at INFO; Dagster's DEBUG events stay in the run's log in the UI.
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
         if not result.success:
+            discard(paths, result.run_id)
             failure = next((e for e in result.all_events if e.is_step_failure), None)
             why = _root_message(failure.step_failure_data.error) if failure else "see the run"
             raise RuntimeError(
                 f"building the map of {paths.identifier!r} failed (Dagster run {result.run_id}): "
                 f"{why}"
             )
+        commit(paths, result.run_id)
         return result.run_id

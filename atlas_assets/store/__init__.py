@@ -21,17 +21,31 @@ from atlas_assets.store.layout import (
     list_datasets,
     parse_identifier,
 )
+from atlas_assets.store.publish import (
+    PublishedMap,
+    RunPaths,
+    SupersededError,
+    bind_run,
+    commit,
+    published,
+)
 
 __all__ = [
     "RESOURCES",
     "DatasetPaths",
+    "PublishedMap",
+    "RunPaths",
+    "SupersededError",
     "ResourceNotReadyError",
     "StaleResourceError",
     "atlas_home",
+    "bind_run",
+    "commit",
     "dagster_home",
     "dataset_paths",
     "list_datasets",
     "parse_identifier",
+    "published",
     "read_json",
     "read_resource",
     "resource_info",

@@ -236,7 +236,15 @@ def snapshot(paths: DatasetPaths) -> tuple[list[str], str]:
 
 
 def map_config(paths: DatasetPaths) -> dict[str, Any]:
-    """The dataset's index configuration (one map per dataset), or a clear error."""
+    """The dataset's index configuration (one map per dataset), or a clear error.
+
+    A run's view (:class:`~atlas_assets.store.publish.RunPaths`) gets the configuration its
+    build started with, so a configuration recorded mid-run never mixes into the build.
+    """
+    from atlas_assets.store.publish import RunPaths
+
+    if isinstance(paths, RunPaths) and (pinned := paths.pinned_config()) is not None:
+        return pinned
     meta = load_meta(paths)
     if meta is None:
         raise LookupError(

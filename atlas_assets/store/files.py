@@ -2,8 +2,9 @@
 
 Every resource file is an uncompressed Arrow IPC file (memory-mappable) whose schema metadata
 records what it was derived from (``atlas:dataset_version``) and with which parameters. Writes go
-to a temporary file in the same folder and are published by ``os.replace``, so a crash leaves the
-previous version readable and a reader never sees half a file.
+to a temporary file in the same folder, flushed to disk (file, then folder) and published by
+``os.replace``, so a crash or a power cut leaves the previous version readable and a reader never
+sees half a file. Temporary files of killed writers are removed by the next write to their folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,18 +34,72 @@ class StaleResourceError(RuntimeError):
     """A map resource was derived from a different dataset version than the rest of the map."""
 
 
+# A temporary file is its writer's while the writer holds a lock on it; one left unlocked this
+# long belongs to a killed writer (the age covers the instant between creating and locking it).
+STALE_TEMP_SECONDS = 60.0
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(folder: Path) -> None:
+    """``mkdir -p`` whose new folders survive a power cut (each parent is flushed)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        fsync_dir(new.parent)
+
+
+def clean_temp_files(folder: Path, min_age: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Remove temporary files that killed writers left in ``folder``; returns them.
+
+    A live writer holds an exclusive lock on its temporary file until it renames it, so only
+    files that are unlocked (and older than ``min_age`` seconds) are removed.
+    """
+    removed = []
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime < min_age:
+                continue
+            with open(tmp, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink()
+            removed.append(tmp)
+        except (BlockingIOError, FileNotFoundError):
+            continue  # a live writer's, or already gone
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    The file and then its folder are flushed to disk before and after the rename, so what was
+    reported written survives a power cut; a failure or a kill leaves ``path`` as it was.
+    """
+    make_dirs(path.parent)
+    clean_temp_files(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held until the rename: this temporary file is in use
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.fsync(fd)  # same inode as whatever the body wrote through its own handle
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -59,7 +115,7 @@ def read_json(path: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def locked(lock_path: Path) -> Iterator[None]:
     """An exclusive inter-process lock (flock) held for the body; serialises store writers."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(lock_path.parent)
     with open(lock_path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -9,7 +9,8 @@ Layout under ``$ATLAS_HOME``::
     datasets/[<org>/]<slug>/
         dataset.json                   identity, id field and index configuration
         shards/000001-<hash>.arrow     immutable batches from add_data, in upload order
-        resources/<resource>.arrow     one file per materialized map resource
+        resources/manifest.json        the published map: which build file each resource is
+        resources/builds/<run-id>/     one Dagster run's resource files (immutable once written)
         tags.sqlite                    the live tag store
 """
 
@@ -33,11 +34,22 @@ RESOURCES = (
     "tags",
 )
 
+_BUILD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _SLUG_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # A shard's name: its sequence number, a revision once rewritten by delete_data, a content hash.
 SHARD_NAME = re.compile(r"^(\d{6})(?:r(\d+))?-[0-9a-f]+\.arrow$")
 # A partition key joins namespace and slug with a character that no slug contains.
 _NAMESPACE_SEP = "."
+
+
+def resource_key(name: str, part: str | None = None) -> str:
+    """The key of a resource (or of one of its parts) in a build and in the manifest; its file
+    is ``<key>.arrow``."""
+    if name not in RESOURCES:
+        raise ValueError(f"unknown resource {name!r}; expected one of {RESOURCES}")
+    if part is not None and not part.isidentifier():
+        raise ValueError(f"invalid resource part {part!r}")
+    return name if part is None else f"{name}.{part}"
 
 
 def _checkout_root() -> Path | None:
@@ -146,17 +158,35 @@ class DatasetPaths:
     def tag_db(self) -> Path:
         return self.root / "tags.sqlite"
 
+    @property
+    def manifest(self) -> Path:
+        """The small document, written last, that names the files of the published map."""
+        return self.resources / "manifest.json"
+
+    @property
+    def publish_lock(self) -> Path:
+        return self.resources / ".publish.lock"
+
+    def build_dir(self, build: str) -> Path:
+        """Where one build (a Dagster run, by its id) writes its resource files."""
+        if not _BUILD_ID.match(build):
+            raise ValueError(f"invalid build id {build!r}")
+        return self.resources / "builds" / build
+
     def resource(self, name: str) -> Path:
-        """The Arrow file of one map resource."""
-        if name not in RESOURCES:
-            raise ValueError(f"unknown resource {name!r}; expected one of {RESOURCES}")
-        return self.resources / f"{name}.arrow"
+        """The Arrow file of one map resource as this view sees it: the published map's (read
+        from its manifest now), or for a run's view (:class:`~atlas_assets.store.publish.RunPaths`)
+        the run's own file first. A path that does not exist if there is none."""
+        return self._resolve(resource_key(name))
 
     def resource_part(self, name: str, part: str) -> Path:
         """A second table of a resource (e.g. the duplicate pairs), versioned with it."""
-        if not part.isidentifier():
-            raise ValueError(f"invalid resource part {part!r}")
-        return self.resource(name).with_suffix(f".{part}.arrow")
+        return self._resolve(resource_key(name, part))
+
+    def _resolve(self, key: str) -> Path:
+        from atlas_assets.store.publish import published
+
+        return published(self).path(key)
 
     def shard_files(self) -> list[Path]:
         """Source shards in upload order (their names start with a sequence number).

@@ -10,7 +10,7 @@ import pytest
 from atlas_assets import AtlasDataset
 from atlas_assets.definitions import defs
 from atlas_assets.defs.partitions import atlas_datasets
-from atlas_assets.store import RESOURCES, dataset_paths, resource_info
+from atlas_assets.store import RESOURCES, commit, dataset_paths, resource_info
 from atlas_assets.store.datasets import update_meta
 
 
@@ -31,9 +31,12 @@ def materialize(partition: str, assets: set[str], *, checks: bool = True, **kwar
             for c in loaded.asset_checks
             if {k.asset_key.to_user_string() for k in c.check_keys} <= assets
         ]
-    return dg.materialize(
+    result = dg.materialize(
         selected, instance=instance, partition_key=partition, resources=loaded.resources, **kwargs
     )
+    if result.success:  # what create_index and the publish_maps sensor do after a run
+        commit(dataset_paths(partition), result.run_id)
+    return result
 
 
 def step_failure(result) -> str:

@@ -38,7 +38,7 @@ def dataset(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Material
     before = read_resource(previous).column(0).to_pylist() if previous.is_file() else None
     changes = id_changes(before, table.column(id_field).to_pylist())
     write_resource(
-        paths.resource("dataset"), table, resource="dataset", dataset_version=version, params=params
+        paths.output("dataset"), table, resource="dataset", dataset_version=version, params=params
     )
     context.log.info(f"{paths.identifier}: {table.num_rows} rows from {len(names)} shards")
     return dg.MaterializeResult(

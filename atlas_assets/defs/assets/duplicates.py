@@ -56,8 +56,7 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
     version = dataset_version(paths)
     config = map_config(paths)
     if config.get("duplicate_detection") is None:
-        for path in (paths.resource("duplicates"), paths.resource_part("duplicates", "pairs")):
-            path.unlink(missing_ok=True)
+        paths.drop("duplicates")
         return dg.MaterializeResult(metadata={"enabled": False})
     options = NomicDuplicatesOptions(**config["duplicate_detection"])
     data = read_input(paths, "dataset", version)
@@ -89,13 +88,19 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
     before = read_resource(previous).to_pandas() if previous.is_file() else None
     params = options.model_dump()
     write_resource(
-        paths.resource_part("duplicates", "pairs"),
+        paths.output("duplicates", "pairs"),
         pairs,
         resource="duplicates",
         dataset_version=version,
         params=params,
     )
-    write_resource(previous, table, resource="duplicates", dataset_version=version, params=params)
+    write_resource(
+        paths.output("duplicates"),
+        table,
+        resource="duplicates",
+        dataset_version=version,
+        params=params,
+    )
     meta = {
         **table_metadata(table, seconds=perf_counter() - start, params=params),
         "deletion_candidates": result.n_deletion,

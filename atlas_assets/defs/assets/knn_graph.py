@@ -47,7 +47,7 @@ def knn_graph(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     )
     params = {"k": k}
     write_resource(
-        paths.resource("knn_graph"),
+        paths.output("knn_graph"),
         table,
         resource="knn_graph",
         dataset_version=version,

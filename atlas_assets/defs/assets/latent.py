@@ -114,7 +114,7 @@ def latent(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materiali
         params = {**options.model_dump(), "indexed_field": field}
     table = pa.table({id_field: data.column(id_field), "embedding": fixed_list(vectors)})
     write_resource(
-        paths.resource("latent"), table, resource="latent", dataset_version=version, params=params
+        paths.output("latent"), table, resource="latent", dataset_version=version, params=params
     )
     return dg.MaterializeResult(
         metadata={

@@ -59,7 +59,7 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     )
     params = options.model_dump()
     write_resource(
-        paths.resource("projected"),
+        paths.output("projected"),
         table,
         resource="projected",
         dataset_version=version,

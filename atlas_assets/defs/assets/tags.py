@@ -41,7 +41,7 @@ def tags(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materialize
     counts = {name: int(mask.sum()) for name, mask in members.items()}
     params = {"tags": counts}
     write_resource(
-        paths.resource("tags"), table, resource="tags", dataset_version=version, params=params
+        paths.output("tags"), table, resource="tags", dataset_version=version, params=params
     )
     return dg.MaterializeResult(
         metadata={

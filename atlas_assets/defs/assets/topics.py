@@ -68,7 +68,7 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
     options = NomicTopicOptions(**(config.get("topic_model") or {"build_topic_model": False}))
     if not options.build_topic_model:
         for name in TOPIC_RESOURCES:
-            paths.resource(name).unlink(missing_ok=True)
+            paths.drop(name)
         for name in TOPIC_RESOURCES:
             yield dg.MaterializeResult(asset_key=name, metadata={"enabled": False})
         return
@@ -98,7 +98,7 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
     }
     for name, table in tables.items():
         write_resource(
-            paths.resource(name), table, resource=name, dataset_version=version, params=params
+            paths.output(name), table, resource=name, dataset_version=version, params=params
         )
     seconds = perf_counter() - start
 
