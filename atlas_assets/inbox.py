@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from atlas_assets.lib.sources import SUPPORTED, read_table_file
-from atlas_assets.store import dataset_paths
+from atlas_assets.store import dataset_paths, partition_paths
 from atlas_assets.store.layout import inbox_dir
 
 CONFIG_FILE = "atlas.json"
@@ -106,13 +106,18 @@ def scan_inbox(home: Path | None = None) -> list[Ingested]:
         if not files:
             continue
         try:
-            key = dataset_paths(folder.name, home).partition_key
+            # A folder name cannot hold '/': 'org.name' names a namespace, as partition keys do.
+            try:
+                paths = partition_paths(folder.name, home)
+            except ValueError:
+                paths = dataset_paths(folder.name, home)
+            key = paths.partition_key
         except ValueError as err:
             results.extend(Ingested("", str(f), error=str(err)) for f in files)
             continue
         for f in files:
             try:
-                rows = ingest_file(f, key)
+                rows = ingest_file(f, paths.identifier)
             except Exception as err:  # a bad file is reported and set aside, never retried
                 _move(f, ".failed", f"{type(err).__name__}: {err}")
                 results.append(Ingested(key, f.name, error=f"{type(err).__name__}: {err}"))

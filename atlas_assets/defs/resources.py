@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from atlas_assets.store import DatasetPaths, atlas_home, dataset_paths
+from atlas_assets.store import DatasetPaths, atlas_home, partition_paths
 
 
 class AtlasStore(dg.ConfigurableResource):
@@ -18,7 +18,7 @@ class AtlasStore(dg.ConfigurableResource):
     def paths(self, partition_key: str) -> DatasetPaths:
         """The dataset paths of a partition; an invalid key is refused before any file access."""
         try:
-            return dataset_paths(partition_key, self.home())
+            return partition_paths(partition_key, self.home())
         except ValueError as err:
             raise dg.Failure(str(err)) from None
 

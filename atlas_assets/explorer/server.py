@@ -7,7 +7,7 @@ Security, because the page shows other people's texts and can write tags:
 * requests that change or export anything must be ``POST`` with a JSON body and, when a browser
   sends one, an ``Origin`` equal to the page's own (a cross-site form cannot send JSON without a
   CORS preflight, which this server never grants);
-* a dataset name from a request goes through :func:`atlas_assets.store.dataset_paths`, which
+* a dataset key from a request goes through :func:`atlas_assets.store.partition_paths`, which
   validates it; static files are served by Starlette's ``StaticFiles``, which refuses paths
   outside its folder;
 * every error is a JSON ``{"error": message}`` with a 4xx status (a 500 says only "internal
@@ -37,8 +37,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atlas_assets.explorer.state import PREVIEW_RESULTS, MapView, NotReadyError, check_indices
-from atlas_assets.store import ResourceNotReadyError, StaleResourceError, dataset_paths
+from atlas_assets.store import (
+    ResourceNotReadyError,
+    StaleResourceError,
+    dataset_paths,
+    partition_paths,
+)
 from atlas_assets.store import list_datasets as _list_datasets
+from atlas_assets.store.layout import EXPLORER_PORT
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -138,9 +144,9 @@ class MapViews:
         ]
         return tuple(f.stat().st_mtime_ns if f.exists() else None for f in files)
 
-    def get(self, identifier: str) -> MapView:
-        """The view of ``identifier`` (validated by the store before any file is touched)."""
-        key = dataset_paths(identifier).identifier
+    def get(self, key: str) -> MapView:
+        """The view of partition ``key`` (validated by the store before any file is touched)."""
+        key = partition_paths(key).identifier
         signature = self._signature(key)
         with self._lock:
             cached = self._views.get(key)
@@ -374,7 +380,7 @@ def url_for(sock: socket.socket, dataset: str | None = None) -> str:
     return f"http://{shown}:{port}/{query}"
 
 
-def serve(dataset: str, host: str = "127.0.0.1", port: int = 0) -> int:
+def serve(dataset: str, host: str = "127.0.0.1", port: int = EXPLORER_PORT) -> int:
     """Check that ``dataset`` has a map, print the page's URL, then serve until interrupted."""
     import uvicorn
 
@@ -383,8 +389,13 @@ def serve(dataset: str, host: str = "127.0.0.1", port: int = 0) -> int:
     except ResourceNotReadyError as err:
         raise RuntimeError(str(err)) from None
     extra = ["*"] if host in ("0.0.0.0", "::") else [host]
-    app = create_app(view.paths.partition_key, allowed_hosts=extra)
-    sock = bind_socket(host, port)
+    app = create_app(view.paths.identifier, allowed_hosts=extra)
+    try:
+        sock = bind_socket(host, port)
+    except RuntimeError:
+        if port != EXPLORER_PORT:
+            raise
+        sock = bind_socket(host, 0)  # the default port is taken: any free one will do
     print(f"map of {view.paths.identifier} ({view.n} points): {url_for(sock)}", flush=True)
     if host not in LOOPBACK_HOSTS:
         print(f"warning: listening on {host}: anyone who can reach it can read and tag the data")

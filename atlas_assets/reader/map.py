@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow as pa
 
 from atlas_assets.store import ResourceNotReadyError, read_resource, resource_info
-from atlas_assets.store.files import matrix
+from atlas_assets.store.files import matrix, private_matrix
+from atlas_assets.store.layout import explorer_url
 
 if TYPE_CHECKING:
     from atlas_assets.reader.dataset import AtlasDataset
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
 
 
 class AtlasMap:
-    """One map (index) of a dataset: ``data``, ``embeddings`` and the other map resources."""
+    """One map (index) of a dataset: ``data``, ``embeddings`` and the other map resources.
+
+    The hosted client calls it ``AtlasProjection`` (an alias here).
+    """
 
     def __init__(self, dataset: AtlasDataset, config: dict[str, Any]) -> None:
         self.dataset = dataset
@@ -39,8 +43,41 @@ class AtlasMap:
     def id(self) -> str:
         return self.config["id"]
 
+    @property
+    def projection_id(self) -> str:
+        """The map's id (the hosted client's projection id; ``get_map(projection_id=...)``)."""
+        return self.id
+
+    @property
+    def atlas_index_id(self) -> str:
+        """The id of the index this map belongs to (one map per index here)."""
+        return f"{self.id}-index"
+
+    @property
+    def map_link(self) -> str:
+        """Where to look at this map: the map explorer's URL for this dataset.
+
+        The explorer must be running: ``atlas serve <dataset>`` serves it at this address
+        (127.0.0.1, port 8787 unless taken). Nothing is hosted anywhere else.
+        """
+        return explorer_url(self._paths.partition_key)
+
+    @property
+    def dataset_link(self) -> str:
+        """The same explorer URL as :attr:`map_link` (the explorer shows the dataset's map, its
+        rows and tags on one page); the explorer must be running (``atlas serve``)."""
+        return self.map_link
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the map's data (``map.data.tb``'s columns)."""
+        return self.data.tb.schema
+
     def __repr__(self) -> str:
         return f"AtlasMap({self.dataset.identifier!r}, name={self.name!r})"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dataset_link}"
 
     @cached_property
     def version(self) -> str:
@@ -122,9 +159,23 @@ class AtlasMapEmbeddings:
     def _latent_table(self) -> pa.Table:
         return self._map.read("latent")
 
-    @cached_property
+    @property
     def latent(self) -> np.ndarray:
-        """``(N, d)`` float32 unit vectors, memory-mapped (read-only) and shared across accesses."""
+        """``(N, d)`` float32 unit vectors: a writable, copy-on-write memory map of the stored file.
+
+        Opening it costs O(1) whatever N (nothing is read until used). You may change it in
+        place (``latent /= norms``, ``faiss.normalize_L2(latent)``): only the pages you touch
+        are copied, in your process's memory; the stored file never changes, and each access
+        (or a new session) returns the stored values again. (The hosted client's docs say
+        memory-mapped, but it downloads a fresh copy on every access.)
+        """
+        return private_matrix(
+            self._map._paths.resource("latent"), "embedding", expected_version=self._map.version
+        )
+
+    @cached_property
+    def _latent(self) -> np.ndarray:
+        """The read-only stored vectors the searches use, whatever a user does to ``latent``."""
         return matrix(self._latent_table.column("embedding"))
 
     @cached_property
@@ -149,7 +200,7 @@ class AtlasMapEmbeddings:
     def _index(self):
         from atlas_assets.lib.knn import build_index
 
-        return build_index(self.latent)
+        return build_index(self._latent)
 
     def vector_search(
         self, queries: np.ndarray | None = None, ids: list[str] | None = None, k: int = 5
@@ -173,12 +224,12 @@ class AtlasMapEmbeddings:
             if unknown:
                 raise KeyError(f"{len(unknown)} unknown ids: {unknown[:10]}")
             rows = [position[str(i)] for i in ids]
-            vectors, exclude = self.latent[rows], rows
+            vectors, exclude = self._latent[rows], rows
         else:
             vectors = np.asarray(queries, dtype=np.float32)
-            if vectors.ndim != 2 or vectors.shape[1] != self.latent.shape[1]:
+            if vectors.ndim != 2 or vectors.shape[1] != self._latent.shape[1]:
                 raise ValueError(
-                    f"queries must be a 2-D array with {self.latent.shape[1]} columns, "
+                    f"queries must be a 2-D array with {self._latent.shape[1]} columns, "
                     f"got shape {vectors.shape}"
                 )
             vectors, exclude = normalize(vectors), [None] * len(vectors)
@@ -191,4 +242,20 @@ class AtlasMapEmbeddings:
         return neighbor_ids, distances
 
     def __repr__(self) -> str:
-        return f"AtlasMapEmbeddings(latent={tuple(self.latent.shape)})"
+        return f"AtlasMapEmbeddings(latent={tuple(self._latent.shape)})"
+
+
+AtlasProjection = AtlasMap
+
+
+class AtlasIndex:
+    """An index of a dataset: its indexed field and its maps (one map per index here)."""
+
+    def __init__(self, atlas_map: AtlasMap) -> None:
+        self.id = atlas_map.atlas_index_id
+        self.name = atlas_map.name
+        self.indexed_field = atlas_map.config.get("indexed_field")
+        self.projections = [atlas_map]
+
+    def __repr__(self) -> str:
+        return f"AtlasIndex({self.name!r}, indexed_field={self.indexed_field!r})"
