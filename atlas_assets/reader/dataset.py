@@ -353,7 +353,8 @@ class AtlasDataset:
                 reuse_embeddings_from_index=reuse_embeddings_from_index,
             )
             materialize_map(self._paths)
-        return self.get_map(map_name)
+            # Still under the lock: the map as this call built it, not as a next call records.
+            return self.get_map(map_name)
 
     def rebuild_maps(self) -> list[AtlasMap]:
         """Rebuild every map with its recorded options, taking in the data added since.
@@ -366,7 +367,7 @@ class AtlasDataset:
             raise ValueError(f"dataset {self.identifier!r} has no map to rebuild: create_index")
         with locked(self._paths.build_lock):
             materialize_map(self._paths)
-        return self.maps
+            return self.maps
 
     def configure_index(
         self,
