@@ -197,9 +197,9 @@ class AtlasDataset:
                     atlas_map.projection_id,
                 ):
                     return atlas_map
-            wanted = f"atlas_index_id={atlas_index_id!r}" if atlas_index_id else ""
-            wanted += f"projection_id={projection_id!r}" if projection_id else ""
-            raise ValueError(f"dataset {self.identifier!r} has no map with {wanted}")
+            wanted = {"atlas_index_id": atlas_index_id, "projection_id": projection_id}
+            described = " and ".join(f"{k}={v!r}" for k, v in wanted.items() if v is not None)
+            raise ValueError(f"dataset {self.identifier!r} has no map with {described}")
         if not maps:
             raise ValueError(
                 f"dataset {self.identifier!r} has no map yet: build one with create_index"
