@@ -169,9 +169,10 @@ class AtlasMapEmbeddings:
         (or a new session) returns the stored values again. (The hosted client's docs say
         memory-mapped, but it downloads a fresh copy on every access.)
         """
-        return private_matrix(
-            self._map._paths.resource("latent"), "embedding", expected_version=self._map.version
-        )
+        path = self._map._paths.resource("latent")
+        if not path.is_file():
+            raise self._map.not_ready("latent")
+        return private_matrix(path, "embedding", expected_version=self._map.version)
 
     @cached_property
     def _latent(self) -> np.ndarray:
