@@ -49,4 +49,9 @@ df = map.data.df
 assert df["upload"].value_counts().to_dict() == {"1": num_embeddings, "2": num_embeddings}
 assert len(map.embeddings.projected) == 2 * num_embeddings
 assert df[dataset.id_field].is_unique
+# Random positive vectors all lie close together: the derived duplicates tag lists them.
+tags = map.tags.get_tags()
+assert [t["tag_name"] for t in tags] == ["duplicates: deletion candidates"]
+assert tags[0]["tag_definition_id"] == tags[0]["tag_id"]
+assert tags[0]["metadata"]["count"] == len(map.duplicates.deletion_candidates()) > 0
 print(json.dumps({"random_name": response.identifier, "updated": dataset.identifier}))
