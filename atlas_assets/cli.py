@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from atlas_assets.store import RESOURCES, atlas_home, dagster_home, list_datasets, resource_info
+from atlas_assets.store.layout import EXPLORER_PORT
 
 DEMO_DATASET = "arxiv-demo"
 
@@ -306,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="open a dataset's map in the browser (prints the URL)")
     serve.add_argument("dataset")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=EXPLORER_PORT,
+        help=f"port (default {EXPLORER_PORT}, the maps' map_link; a free one if taken; 0: any)",
+    )
     serve.add_argument(
         "--token",
         action="store_true",

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from atlas_assets.lib import validate
 from atlas_assets.lib.sources import SUPPORTED, read_table_file
-from atlas_assets.store import dataset_paths
+from atlas_assets.store import DatasetPaths, dataset_paths, partition_paths
 from atlas_assets.store.layout import inbox_dir
 
 CONFIG_FILE = "atlas.json"
@@ -214,8 +214,9 @@ def _report(path: Path, target: Path, key: str, why: str) -> Ingested:
     return Ingested(key, path.name, error=why)
 
 
-def _scan_folder(folder: Path, key: str, settle: float, now: float) -> list[Ingested]:
+def _scan_folder(folder: Path, paths: DatasetPaths, settle: float, now: float) -> list[Ingested]:
     results = []
+    key = paths.partition_key
     failed = folder / ".failed"
     entries = sorted(folder.iterdir(), key=lambda f: (f.lstat().st_mtime, f.name))
     for f in entries:
@@ -232,7 +233,7 @@ def _scan_folder(folder: Path, key: str, settle: float, now: float) -> list[Inge
             )
         elif now - f.stat().st_mtime >= settle:
             try:
-                rows = ingest_file(f, key)
+                rows = ingest_file(f, paths.identifier)
             except _Changed:
                 continue
             except Exception as err:  # a bad file is reported and set aside, never retried
@@ -264,10 +265,14 @@ def scan_inbox(home: Path | None = None, *, settle: float = SETTLE_SECONDS) -> l
             results.append(_report(entry, root / ".failed", "", why))
             continue
         try:
-            key = dataset_paths(entry.name, home).partition_key
+            # A folder name cannot hold '/': 'org.name' names a namespace, as partition keys do.
+            try:
+                paths = partition_paths(entry.name, home)
+            except ValueError:
+                paths = dataset_paths(entry.name, home)
         except ValueError as err:
             files = [f for f in entry.iterdir() if not f.name.startswith(".")]
             results.extend(Ingested("", str(f), error=str(err)) for f in files)
             continue
-        results.extend(_scan_folder(entry, key, settle, now))
+        results.extend(_scan_folder(entry, paths, settle, now))
     return results

@@ -1,14 +1,26 @@
 """Index options: what ``create_index`` accepts for each stage, validated strictly.
 
 Each accepts ``True``/``False``, a dict or the model itself; unknown keys are a ``ValueError``,
-never silently dropped.
+never silently dropped. Every field of the hosted client's models (``nomic.data_inference``) is
+accepted too: it is either honoured or documented here, and warned about once, as having no
+local meaning. As in the hosted client, fields are assignable (``opts.n_neighbors = 30``), and
+an assignment is validated like the constructor.
 """
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # How texts are embedded: through the transformer, or through a static token table distilled
@@ -16,8 +28,33 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 EmbedMode = Literal["transformer", "static"]
 
 
+# Embedding models that only Nomic's hosted service runs (``NomicEmbedOptions.model`` in the
+# hosted client, and the cookbook's ``"NomicEmbed"``): no local weights go by these names.
+HOSTED_ONLY_MODELS = frozenset(
+    {
+        "nomic-embed-text-v1",
+        "nomic-embed-text-v1.5",
+        "nomic-embed-vision-v1",
+        "nomic-embed-vision-v1.5",
+        "gte-multilingual-base",
+        "NomicEmbed",
+        "nomic-embed",
+    }
+)
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """A ``UserWarning`` the first time ``key`` comes up in this process, then silence."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
 class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Assignable, as in the hosted client, but validated on assignment; typos stay errors.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class NomicEmbedOptions(_Options):
@@ -35,6 +72,10 @@ class NomicEmbedOptions(_Options):
     0.54) while duplicate detection holds up; ``python -m benchmarks.embed`` measures both.
     Vectors of the two modes are cached apart and never mixed; ``batch_size`` only applies to
     ``"transformer"``.
+
+    The hosted service's own model names (``nomic-embed-text-v1.5``, ``NomicEmbed``, ...; see
+    ``HOSTED_ONLY_MODELS``) are accepted here, as in the hosted client, but ``create_index``
+    refuses them before anything runs: there are no local weights by those names.
     """
 
     model: str = DEFAULT_MODEL
@@ -43,29 +84,89 @@ class NomicEmbedOptions(_Options):
     mode: EmbedMode = "transformer"
 
 
-class NomicProjectOptions(_Options):
-    """UMAP parameters of the 2-D projection (umap-learn's meaning and defaults).
+def check_local_model(model: str) -> None:
+    """Refuse an embedding model name that only Nomic's hosted service has, saying what to do.
 
-    The layout runs on every core and depends only on ``seed``: the same seed gives the same
-    map whatever the number of cores; ``seed=None`` draws a fresh seed, so each build differs.
+    A local folder of that name is a local model and passes.
+    """
+    if model in HOSTED_ONLY_MODELS and not Path(model).expanduser().is_dir():
+        raise ValueError(
+            f"embedding model {model!r} runs only on Nomic's hosted service; atlas-assets embeds "
+            f"locally with sentence-transformers. Leave embedding_model unset for the bundled "
+            f"{DEFAULT_MODEL!r}, or pass a local model folder or a model already in your Hugging "
+            f"Face cache (embedding_model={{'model': '/path/to/model'}}), or bring your own "
+            f"vectors with add_data(data, embeddings=...)"
+        )
+
+
+# Our layout's defaults, what ``None`` ("choose for me") resolves to.
+DEFAULT_N_NEIGHBORS = 15
+DEFAULT_MIN_DIST = 0.1
+DEFAULT_SPREAD = 1.0
+
+
+class NomicProjectOptions(_Options):
+    """Parameters of the 2-D projection, umap-learn's meaning; ``None`` means "choose for me".
+
+    ``model``: ``None``, ``"nomic-project-v1"`` and ``"nomic-project-v2"`` (the hosted
+    service's proprietary layouts) run our own UMAP layout (``lib/project.py``, umap-learn's
+    algorithm); ``"umap"`` runs umap-learn itself. ``n_neighbors`` (default 15), ``min_dist``
+    (0.1), ``spread`` (1.0) and ``n_epochs`` (by data size, as umap-learn) are UMAP's;
+    :meth:`umap_params` gives the values a build uses. ``local_neighborhood_size`` and ``rho``
+    tune Nomic Project v2, which has no local counterpart: they are accepted and ignored, with a
+    warning. The layout depends only on ``seed``: the same seed gives the same map whatever the
+    number of cores; ``seed=None`` draws a fresh seed, so each build differs.
     """
 
-    n_neighbors: int = Field(default=15, ge=2)
+    model: Literal["nomic-project-v1", "nomic-project-v2", "umap"] | None = None
+    n_neighbors: int | None = Field(default=None, ge=2)
     n_epochs: int | None = Field(default=None, ge=1)
-    min_dist: float = Field(default=0.1, ge=0.0)
-    spread: float = Field(default=1.0, gt=0.0)
+    min_dist: float | None = Field(default=None, ge=0.0)
+    spread: float | None = Field(default=None, gt=0.0)
+    local_neighborhood_size: int | None = Field(default=None, ge=1)
+    rho: float | None = None
     seed: int | None = 0
-    model: Literal["umap"] = "umap"
+
+    @model_validator(mode="after")
+    def _warn_unused(self) -> NomicProjectOptions:
+        for name in ("local_neighborhood_size", "rho"):
+            if getattr(self, name) is not None:
+                _warn_once(
+                    f"projection.{name}",
+                    f"ProjectionOptions.{name} tunes Nomic Project v2, which only the hosted "
+                    "service runs: it has no local meaning and is ignored (the local layout is "
+                    "UMAP: use n_neighbors, min_dist, spread, n_epochs)",
+                )
+        return self
+
+    def umap_params(self) -> dict[str, Any]:
+        """The effective layout parameters, ``None`` resolved to our defaults (``n_epochs=None``
+        stays: the layout picks it from the data size, as umap-learn does)."""
+        return {
+            "n_neighbors": DEFAULT_N_NEIGHBORS if self.n_neighbors is None else self.n_neighbors,
+            "n_epochs": self.n_epochs,
+            "min_dist": DEFAULT_MIN_DIST if self.min_dist is None else self.min_dist,
+            "spread": DEFAULT_SPREAD if self.spread is None else self.spread,
+            "seed": self.seed,
+        }
 
 
 ProjectionOptions = NomicProjectOptions
 
 
 class NomicTopicOptions(_Options):
-    """Topic model: whether to build it and which text field its keywords come from."""
+    """Topic model: whether to build it, which text field its keywords come from, and how.
+
+    ``cluster_method``: ``"fast"`` (the default) splits Louvain communities of the kNN graph;
+    ``"hdbscan"`` clusters with HDBSCAN instead. ``enforce_topic_hierarchy`` is accepted for the
+    hosted client's sake: here every subtopic always lies within its parent topic (each depth
+    splits the one above), whatever its value.
+    """
 
     build_topic_model: bool = True
     topic_label_field: str | None = None
+    cluster_method: Literal["fast", "hdbscan"] = "fast"
+    enforce_topic_hierarchy: bool = False
     seed: int = 0
 
 
@@ -73,7 +174,13 @@ class NomicDuplicatesOptions(_Options):
     """Semantic duplicate detection.
 
     ``duplicate_cutoff`` is a cosine distance between normalised latent vectors (0 to 2): pairs
-    closer than it are duplicates. ``keep`` chooses each cluster's retention candidate:
+    closer than it are duplicates. Detection runs unless ``create_index(duplicate_detection=
+    False)``. ``tag_duplicates`` (True by default) also keeps a derived tag, ``"duplicates:
+    deletion candidates"``, in the map's tag store, refreshed on every build: it is listed by
+    ``map.tags.get_tags()``, is a column of ``map.tags.df``, and the map explorer can colour and
+    select by it. With ``tag_duplicates=False`` a build neither creates nor updates that tag (the
+    hosted client reads it as "do not run detection"; here ``map.duplicates`` is still built).
+    ``keep`` chooses each cluster's retention candidate:
     ``"first"`` (upload order, the default), ``"longest"`` (longest indexed text), or
     ``"max:<field>"`` / ``"min:<field>"`` over a metadata field.
     """

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
-from atlas_assets.store import DatasetPaths, atlas_home, bind_run, dataset_paths
+from atlas_assets.store import DatasetPaths, atlas_home, bind_run, partition_paths
 
 # Where a run's process lives (see defs/publishing.py): create_index sets both tags as it creates
 # the run; for other runs the store resource sets the host, and Dagster's log has the pid.
@@ -45,7 +45,7 @@ class AtlasStore(dg.ConfigurableResource):
         """The dataset paths of a partition (the run's view inside a run); an invalid key is
         refused before any file access."""
         try:
-            paths = dataset_paths(partition_key, self.home())
+            paths = partition_paths(partition_key, self.home())
         except ValueError as err:
             raise dg.Failure(str(err)) from None
         return bind_run(paths, self._run[0], self._run[1:]) if self._run else paths

@@ -14,7 +14,7 @@ Security, because the page shows other people's texts and can write tags:
   CORS preflight, which this server never grants);
 * a request body is capped at :data:`MAX_BODY_BYTES` while it is read (chunked bodies too), and
   a request's head and body must arrive within deadlines (:func:`make_server`);
-* a dataset name from a request goes through :func:`atlas_assets.store.dataset_paths`, which
+* a dataset key from a request goes through :func:`atlas_assets.store.partition_paths`, which
   validates it; static files are served by Starlette's ``StaticFiles``, which refuses paths
   outside its folder;
 * every error is a JSON ``{"error": message}`` with a 4xx status (a 500 says only "internal
@@ -60,8 +60,15 @@ from atlas_assets.explorer.validation import (
     parse_json_object,
     scrub_paths,
 )
-from atlas_assets.store import ResourceNotReadyError, StaleResourceError, dataset_paths, published
+from atlas_assets.store import (
+    ResourceNotReadyError,
+    StaleResourceError,
+    dataset_paths,
+    partition_paths,
+    published,
+)
 from atlas_assets.store import list_datasets as _list_datasets
+from atlas_assets.store.layout import EXPLORER_PORT
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -280,9 +287,9 @@ class MapViews:
         meta = paths.meta.stat().st_mtime_ns if paths.meta.exists() else None
         return (meta, published(paths).stamp)
 
-    def get(self, identifier: str) -> MapView:
-        """The view of ``identifier`` (validated by the store before any file is touched)."""
-        key = dataset_paths(identifier).identifier
+    def get(self, key: str) -> MapView:
+        """The view of partition ``key`` (validated by the store before any file is touched)."""
+        key = partition_paths(key).identifier
         signature = self._signature(key)
         with self._lock:
             cached = self._views.get(key)
@@ -612,7 +619,7 @@ def url_for(sock: socket.socket, dataset: str | None = None, token: str | None =
 def serve(
     dataset: str,
     host: str = "127.0.0.1",
-    port: int = 0,
+    port: int = EXPLORER_PORT,
     *,
     token: bool = False,
     allow_hosts: Iterable[str] = (),
@@ -632,7 +639,12 @@ def serve(
     app = create_app(
         view.paths.partition_key, allowed_hosts=names, local_addresses=wildcard, token=secret
     )
-    sock = bind_socket(host, port)
+    try:
+        sock = bind_socket(host, port)
+    except RuntimeError:
+        if port != EXPLORER_PORT:
+            raise
+        sock = bind_socket(host, 0)  # the default port is taken: any free one will do
     print(
         f"map of {view.paths.identifier} ({view.n} points): {url_for(sock, token=secret)}",
         flush=True,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from atlas_assets.lib import validate
@@ -12,10 +16,11 @@ from atlas_assets.options import (
     NomicEmbedOptions,
     NomicProjectOptions,
     NomicTopicOptions,
+    check_local_model,
     coerce_options,
 )
-from atlas_assets.reader.map import AtlasMap
-from atlas_assets.store import dataset_paths
+from atlas_assets.reader.map import AtlasIndex, AtlasMap
+from atlas_assets.store import dataset_paths, list_datasets
 from atlas_assets.store.datasets import (
     count_rows,
     delete_rows,
@@ -31,7 +36,7 @@ from atlas_assets.store.datasets import (
     update_meta,
     write_shard,
 )
-from atlas_assets.store.files import locked, now_iso
+from atlas_assets.store.files import is_locked, locked, now_iso, wait_unlocked
 
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -49,19 +54,26 @@ def _short_id(n: int) -> str:
 class AtlasDataset:
     """A dataset in the local store: opens it, or creates it if it does not exist.
 
-    ``identifier`` is normalised to a slug (``"My Data"`` -> ``my-data``); an ``org/`` prefix is
-    kept as a namespace folder. Without ``unique_id_field`` the dataset generates an ``id_``
-    column of stable, unique short ids.
+    ``identifier`` is normalised to a slug as the hosted client does (``"Café News (AG)"`` ->
+    ``cafe-news-ag``, ``"news.v2"`` -> ``newsv2``); an ``org/`` prefix is kept as a namespace
+    folder. Without ``unique_id_field`` the dataset generates an ``id_`` column of stable, unique
+    short ids. ``dataset_id`` opens an existing dataset by its ``id`` instead.
     """
 
     def __init__(
         self,
-        identifier: str,
+        identifier: str | None = None,
         description: str = "",
         unique_id_field: str | None = None,
         is_public: bool = True,
+        dataset_id: str | None = None,
     ) -> None:
+        if identifier is None and dataset_id is None:
+            raise ValueError("pass a dataset identifier (or the dataset_id of an existing one)")
+        if identifier is None:
+            identifier = _identifier_of(dataset_id)
         self._paths = dataset_paths(identifier)
+        self._deleted = False
         existing = load_meta(self._paths)
         if existing and unique_id_field and existing["id_field"] != unique_id_field:
             if self._paths.shard_files():
@@ -81,8 +93,43 @@ class AtlasDataset:
 
     # -- identity -------------------------------------------------------------------------
     def _refresh(self) -> dict[str, Any]:
+        if self._deleted:
+            raise ValueError(f"dataset {self.identifier!r} was deleted")
         self._meta = load_meta(self._paths) or self._meta
         return self._meta
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The dataset's stored document, with the hosted client's key names added
+        (``project_name``, ``slug``, ``organization_slug``, ``unique_id_field``, ``modality``,
+        ``total_datums_in_project``, ``project_fields``, ``atlas_indices``,
+        ``insert_update_delete_lock``), read fresh."""
+        meta = dict(self._refresh())
+        meta.update(
+            project_name=self.name,
+            slug=self.slug,
+            organization_slug=self._paths.namespace,
+            unique_id_field=meta.get("id_field"),
+            modality=self.modality,
+            total_datums_in_project=self.total_datums,
+            project_fields=self.dataset_fields,
+            atlas_indices=[
+                {"id": m.atlas_index_id, "index_name": m.name, **m.config} for m in self.maps
+            ],
+            insert_update_delete_lock=self.is_locked,
+        )
+        return meta
+
+    @property
+    def modality(self) -> str:
+        """``"embedding"`` for a dataset of uploaded vectors, else ``"text"`` (images are not
+        supported)."""
+        return "embedding" if stored_embedding_dim(self._paths) is not None else "text"
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The Arrow schema of the uploaded columns (id field first); None before any data."""
+        return shard_schema(self._paths)
 
     @property
     def id(self) -> str:
@@ -132,18 +179,86 @@ class AtlasDataset:
         """One map per index, in creation order; ``[]`` before the first ``create_index``."""
         return [AtlasMap(self, m) for m in self._refresh().get("maps", [])]
 
-    def get_map(self, name: str) -> AtlasMap:
-        """The map called ``name``."""
-        for atlas_map in self.maps:
-            if atlas_map.name == name:
+    @property
+    def indices(self) -> list[AtlasIndex]:
+        """The dataset's indices, each with its maps (``projections``): one map per index."""
+        return [AtlasIndex(m) for m in self.maps]
+
+    @property
+    def projections(self) -> list[AtlasMap]:
+        """The same list as :attr:`maps` (the hosted client's name)."""
+        return self.maps
+
+    def get_map(
+        self,
+        name: str | None = None,
+        atlas_index_id: str | None = None,
+        projection_id: str | None = None,
+    ) -> AtlasMap:
+        """A map by ``name`` (its name, or that name's slug), ``atlas_index_id`` or
+        ``projection_id``; with none of them, the dataset's only map. Otherwise a ``ValueError``.
+        """
+        maps = self.maps
+        if atlas_index_id is not None or projection_id is not None:
+            for atlas_map in maps:
+                if atlas_index_id in (None, atlas_map.atlas_index_id) and projection_id in (
+                    None,
+                    atlas_map.projection_id,
+                ):
+                    return atlas_map
+            wanted = {"atlas_index_id": atlas_index_id, "projection_id": projection_id}
+            described = " and ".join(f"{k}={v!r}" for k, v in wanted.items() if v is not None)
+            raise ValueError(f"dataset {self.identifier!r} has no map with {described}")
+        if not maps:
+            raise ValueError(
+                f"dataset {self.identifier!r} has no map yet: build one with create_index"
+            )
+        if name is None:
+            if len(maps) > 1:
+                raise ValueError(f"dataset {self.identifier!r} has several maps: pass a name")
+            return maps[0]
+        for atlas_map in maps:
+            if atlas_map.name == name or _same_slug(atlas_map.name, name):
                 return atlas_map
-        raise ValueError(f"dataset {self.identifier!r} has no map named {name!r}")
+        raise ValueError(
+            f"dataset {self.identifier!r} has no map named {name!r}; "
+            f"its maps are {[m.name for m in maps]}"
+        )
+
+    # -- the build lock ----------------------------------------------------------------------
+    @property
+    def is_locked(self) -> bool:
+        """True while a map of this dataset is being built (by any process), else False.
+
+        ``create_index`` builds synchronously, so in the calling process it is False again by
+        the time it returns.
+        """
+        return is_locked(self._paths.build_lock)
+
+    @property
+    def is_accepting_data(self) -> bool:
+        """``not is_locked``: whether no build of this dataset is running now."""
+        return not self.is_locked
+
+    @contextlib.contextmanager
+    def wait_for_dataset_lock(self) -> Iterator[AtlasDataset]:
+        """Wait until no build of this dataset is running (in any process), then yield it.
+
+        ``with dataset.wait_for_dataset_lock(): ...`` as in the hosted client. Builds are
+        synchronous here, so after your own ``create_index`` it yields at once; the body runs
+        without holding anything, so it may call ``add_data`` or ``create_index`` itself.
+        """
+        self._refresh()
+        wait_unlocked(self._paths.build_lock)
+        yield self
 
     def __repr__(self) -> str:
         return f"AtlasDataset({self.identifier!r}, total_datums={self.total_datums})"
 
     # -- writing ---------------------------------------------------------------------------
-    def add_data(self, data: Any, embeddings: Any = None) -> None:
+    def add_data(
+        self, data: Any = None, embeddings: Any = None, blobs: Any = None, pbar: Any = None
+    ) -> None:
         """Append a batch: a DataFrame, Arrow table or list of dicts, optionally with vectors.
 
         The batch becomes one new immutable shard, written atomically. A batch that breaks any
@@ -153,18 +268,39 @@ class AtlasDataset:
         text cell over ``MAX_CELL_BYTES``; NaN/inf, zero or wrongly shaped embeddings, also
         once cast to float32) raises a ``ValueError`` naming the column and rows, and nothing is
         written. The first batch stored creates the dataset on disk.
+
+        ``embeddings`` alone (``data=None``) adds vectors with generated ids and no other
+        columns; an Arrow table's ``_embeddings`` column is taken as ``embeddings``, as the
+        hosted client does. ``pbar`` (a tqdm bar) is advanced by the rows added. ``blobs``
+        (images) are not supported: a ``ValueError``.
         """
-        self._add(data, embeddings)
+        if blobs is not None:
+            raise ValueError(
+                "blobs= (images) is not supported: atlas-assets maps texts and embeddings; "
+                "embed your images yourself and pass add_data(data, embeddings=vectors)"
+            )
+        if isinstance(data, pa.Table) and "_embeddings" in data.column_names and embeddings is None:
+            embeddings = np.array(data.column("_embeddings").to_pylist(), dtype=np.float32)
+            data = data.drop_columns(["_embeddings"])
+        rows = self._add(data, embeddings)
+        if pbar is not None:
+            pbar.update(rows)
 
     def _add(self, data: Any, embeddings: Any = None, *, source: str | None = None) -> int:
         """``add_data``; ``source`` is the content hash of the file the batch came from: a file
         already stored adds nothing (returns 0), else returns the rows added. The hash is
         published with the shard, so a crash cannot separate the rows from it."""
-        table = validate.to_table(data)
+        if data is None:
+            if embeddings is None:
+                raise ValueError("pass data, embeddings or both")
+            table = pa.table({"_": pa.nulls(len(embeddings))}).drop_columns(["_"])  # no columns
+        else:
+            table = validate.to_table(data)
         if table.num_rows == 0:
             raise ValueError("data has no rows")
         validate.check_column_names(table)
         validate.check_cell_sizes(table)
+        self._refresh()  # a deleted dataset refuses data
         with locked(self._paths.lock):
             prune_superseded(self._paths)
             meta = self._refresh()
@@ -232,37 +368,58 @@ class AtlasDataset:
         self,
         name: str | None = None,
         indexed_field: str | None = None,
+        modality: str | None = None,
+        projection: Any = None,
         topic_model: Any = True,
         duplicate_detection: Any = True,
         embedding_model: Any = None,
-        projection: Any = None,
         reuse_embeddings_from_index: str | None = None,
     ) -> AtlasMap:
         """Record the index configuration and build the map through Dagster; return the map.
 
-        Calling it again with the same ``name`` (or none) rebuilds that map in place, keeping
-        its tags. The run is recorded in the Dagster instance (``$DAGSTER_HOME``), so it shows
-        in the Dagster UI with logs and lineage. Arguments as in :meth:`configure_index`.
+        The hosted client's signature, argument for argument. Unlike the hosted client, the
+        build is synchronous: the map is ready when this returns. Calling it again with the same
+        ``name`` (or none) rebuilds that map in place, keeping its tags. The run is recorded in
+        the Dagster instance (``$DAGSTER_HOME``), so it shows in the Dagster UI with logs and
+        lineage. Concurrent calls on one dataset (from any process) run one after the other,
+        each building with its own options. Arguments as in :meth:`configure_index`.
         """
-        map_name = self.configure_index(
-            name,
-            indexed_field,
-            topic_model=topic_model,
-            duplicate_detection=duplicate_detection,
-            embedding_model=embedding_model,
-            projection=projection,
-            reuse_embeddings_from_index=reuse_embeddings_from_index,
-        )
         from atlas_assets.reader.run import materialize_map
 
-        materialize_map(self._paths)
-        return self.get_map(map_name)
+        with locked(self._paths.build_lock):
+            map_name = self._record_index(
+                name,
+                indexed_field,
+                modality=modality,
+                topic_model=topic_model,
+                duplicate_detection=duplicate_detection,
+                embedding_model=embedding_model,
+                projection=projection,
+                reuse_embeddings_from_index=reuse_embeddings_from_index,
+            )
+            materialize_map(self._paths)
+            # Still under the lock: the map as this call built it, not as a next call records.
+            return self.get_map(map_name)
+
+    def rebuild_maps(self) -> list[AtlasMap]:
+        """Rebuild every map with its recorded options, taking in the data added since.
+
+        (Examples written for older hosted clients call it after ``add_data``.)
+        """
+        from atlas_assets.reader.run import materialize_map
+
+        if not self.maps:
+            raise ValueError(f"dataset {self.identifier!r} has no map to rebuild: create_index")
+        with locked(self._paths.build_lock):
+            materialize_map(self._paths)
+            return self.maps
 
     def configure_index(
         self,
         name: str | None = None,
         indexed_field: str | None = None,
         *,
+        modality: str | None = None,
         topic_model: Any = True,
         duplicate_detection: Any = True,
         embedding_model: Any = None,
@@ -272,14 +429,58 @@ class AtlasDataset:
         """Validate and record the index configuration without building; returns the map name.
 
         The next run of the dataset's partition (from the UI, a sensor or a schedule) builds it.
-        ``indexed_field`` is the text column to embed (kept from the current map if omitted);
-        the options take ``True``/``False``, a dict or their option model; unknown keys are a
-        ``ValueError``.
+        ``indexed_field`` is the text column to embed (kept from the current map if omitted).
+        ``modality`` is ``"text"`` (embed ``indexed_field``) or ``"embedding"`` (map the
+        vectors given to ``add_data``); None picks the dataset's own. The options take
+        ``True``/``False``, a dict or their option model; unknown keys are a ``ValueError``, and
+        so is an embedding model only the hosted service has (``nomic-embed-text-v1.5``, ...).
+        ``reuse_embeddings_from_index`` is recorded only: the embedding cache already reuses
+        every vector computed before. It waits for a running build of the dataset to end.
         """
+        with locked(self._paths.build_lock):
+            return self._record_index(
+                name,
+                indexed_field,
+                modality=modality,
+                topic_model=topic_model,
+                duplicate_detection=duplicate_detection,
+                embedding_model=embedding_model,
+                projection=projection,
+                reuse_embeddings_from_index=reuse_embeddings_from_index,
+            )
+
+    def _record_index(
+        self,
+        name: str | None,
+        indexed_field: str | None,
+        *,
+        modality: str | None,
+        topic_model: Any,
+        duplicate_detection: Any,
+        embedding_model: Any,
+        projection: Any,
+        reuse_embeddings_from_index: str | None,
+    ) -> str:
+        """:meth:`configure_index` for a caller that holds the build lock."""
         schema = shard_schema(self._paths)
         if schema is None:
             raise ValueError(f"dataset {self.identifier!r} has no data: call add_data first")
         has_vectors = stored_embedding_dim(self._paths) is not None
+        if modality not in (None, "text", "embedding"):
+            raise ValueError(
+                f"modality {modality!r} is not supported: use 'text' or 'embedding' (images "
+                "are not supported)"
+            )
+        if modality == "embedding" and not has_vectors:
+            raise ValueError(
+                f"modality='embedding' needs vectors: dataset {self.identifier!r} was added "
+                "without embeddings= (use modality='text' with an indexed_field)"
+            )
+        if modality == "text" and has_vectors:
+            raise ValueError(
+                f"dataset {self.identifier!r} holds uploaded embeddings, and its map is built "
+                "from them: use modality='embedding' (or leave modality out)"
+            )
         current_maps = self._refresh().get("maps", [])
         if indexed_field is None and current_maps:  # a rebuild keeps the indexed field
             indexed_field = current_maps[0]["indexed_field"]
@@ -303,6 +504,8 @@ class AtlasDataset:
         embed_opts = coerce_options(
             NomicEmbedOptions, embedding_model or True, argument="embedding_model"
         )
+        if not has_vectors:  # uploaded vectors are mapped as they are: no model runs
+            check_local_model(embed_opts.model)
         dup_opts = coerce_options(
             NomicDuplicatesOptions, duplicate_detection, argument="duplicate_detection"
         )
@@ -323,12 +526,15 @@ class AtlasDataset:
                 coerce_options(NomicTopicOptions, topic_model, argument="topic_model")
             ),
             "duplicate_detection": _dump(dup_opts),
+            "modality": "embedding" if has_vectors else "text",
             "reuse_embeddings_from_index": reuse_embeddings_from_index,
         }
         with locked(self._paths.lock):
             maps = self._refresh().get("maps", [])
             current = maps[0] if maps else None
             map_name = name or (current["name"] if current else self.slug)
+            if current and _same_slug(current["name"], map_name):
+                map_name = current["name"]  # "My Map" and "my-map" name the same map
             if current and current["name"] != map_name:
                 raise ValueError(
                     f"dataset {self.identifier!r} already has map {current['name']!r}; one map per "
@@ -364,6 +570,19 @@ class AtlasDataset:
             update_meta(self._paths, source={"glob": resolved})
         self._refresh()
 
+    def delete(self) -> None:
+        """Delete the dataset, irreversibly: its folder (data, map resources, tags), and its
+        partition in the Dagster instance if it has one. The embedding cache, shared by every
+        dataset, keeps its vectors. Waits for a running build of the dataset to end first.
+        """
+        self._refresh()
+        with locked(self._paths.build_lock), locked(self._paths.lock):
+            shutil.rmtree(self._paths.root)
+        from atlas_assets.reader.run import forget_partition
+
+        forget_partition(self._paths)
+        self._deleted = True
+
     # -- reading ---------------------------------------------------------------------------
     def get_data(self, ids: list[str]) -> list[dict[str, Any]]:
         """Rows for ``ids``, in their order; unknown ids raise a ``KeyError`` listing them."""
@@ -380,6 +599,20 @@ class AtlasDataset:
         columns = [c for c in table.column_names if not c.startswith("_")]
         rows = table.select(columns).take(pa.array([position[k] for k in keys], pa.int64()))
         return rows.to_pylist()
+
+
+def _same_slug(a: str, b: str) -> bool:
+    from atlas_assets.store import slugify
+
+    return slugify(a) == slugify(b) != ""
+
+
+def _identifier_of(dataset_id: str) -> str:
+    """The identifier of the stored dataset whose ``id`` is ``dataset_id``."""
+    for paths in list_datasets():
+        if (load_meta(paths) or {}).get("id") == dataset_id:
+            return paths.identifier
+    raise ValueError(f"no dataset with dataset_id {dataset_id!r} in the store")
 
 
 def _dump(options: Any) -> dict[str, Any] | None:

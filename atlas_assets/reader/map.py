@@ -8,6 +8,7 @@ mixes into it; every resource is also checked against the version of its ``datas
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,8 +22,8 @@ from atlas_assets.store import (
     read_resource,
     resource_info,
 )
-from atlas_assets.store.files import matrix
-from atlas_assets.store.layout import resource_key
+from atlas_assets.store.files import matrix, private_matrix
+from atlas_assets.store.layout import explorer_url, resource_key
 
 if TYPE_CHECKING:
     from atlas_assets.reader.dataset import AtlasDataset
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
 
 
 class AtlasMap:
-    """One map (index) of a dataset: ``data``, ``embeddings`` and the other map resources."""
+    """One map (index) of a dataset: ``data``, ``embeddings`` and the other map resources.
+
+    The hosted client calls it ``AtlasProjection`` (an alias here).
+    """
 
     def __init__(self, dataset: AtlasDataset, config: dict[str, Any]) -> None:
         self.dataset = dataset
@@ -51,8 +55,41 @@ class AtlasMap:
     def id(self) -> str:
         return self.config["id"]
 
+    @property
+    def projection_id(self) -> str:
+        """The map's id (the hosted client's projection id; ``get_map(projection_id=...)``)."""
+        return self.id
+
+    @property
+    def atlas_index_id(self) -> str:
+        """The id of the index this map belongs to (one map per index here)."""
+        return f"{self.id}-index"
+
+    @property
+    def map_link(self) -> str:
+        """Where to look at this map: the map explorer's URL for this dataset.
+
+        The explorer must be running: ``atlas serve <dataset>`` serves it at this address
+        (127.0.0.1, port 8787 unless taken). Nothing is hosted anywhere else.
+        """
+        return explorer_url(self._paths.partition_key)
+
+    @property
+    def dataset_link(self) -> str:
+        """The same explorer URL as :attr:`map_link` (the explorer shows the dataset's map, its
+        rows and tags on one page); the explorer must be running (``atlas serve``)."""
+        return self.map_link
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the map's data (``map.data.tb``'s columns)."""
+        return self.data.tb.schema
+
     def __repr__(self) -> str:
         return f"AtlasMap({self.dataset.identifier!r}, name={self.name!r})"
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dataset_link}"
 
     @cached_property
     def version(self) -> str:
@@ -75,8 +112,8 @@ class AtlasMap:
             f"{self._paths.partition_key!r} in the Dagster UI)"
         )
 
-    def read(self, resource: str, part: str | None = None) -> pa.Table:
-        """A resource table (or one of its parts), memory-mapped, at this map's version."""
+    def path(self, resource: str, part: str | None = None) -> Path:
+        """The file of a resource (or one of its parts) in the version this map serves."""
         key = resource_key(resource, part)
         if key not in self._published.resources:
             raise self.not_ready(resource)
@@ -86,7 +123,11 @@ class AtlasMap:
                 f"map resource {key!r} of dataset {self.dataset.identifier!r} was replaced by a "
                 "newer build since this map was opened: open the map again (dataset.maps[0])"
             )
-        return read_resource(path, expected_version=self.version)
+        return path
+
+    def read(self, resource: str, part: str | None = None) -> pa.Table:
+        """A resource table (or one of its parts), memory-mapped, at this map's version."""
+        return read_resource(self.path(resource, part), expected_version=self.version)
 
     @cached_property
     def data(self) -> AtlasMapData:
@@ -145,9 +186,22 @@ class AtlasMapEmbeddings:
     def _latent_table(self) -> pa.Table:
         return self._map.read("latent")
 
-    @cached_property
+    @property
     def latent(self) -> np.ndarray:
-        """``(N, d)`` float32 unit vectors, memory-mapped (read-only) and shared across accesses."""
+        """``(N, d)`` float32 unit vectors: a writable, copy-on-write memory map of the stored file.
+
+        Opening it costs O(1) whatever N (nothing is read until used). You may change it in
+        place (``latent /= norms``, ``faiss.normalize_L2(latent)``): only the pages you touch
+        are copied, in your process's memory; the stored file never changes, and each access
+        (or a new session) returns the stored values again. (The hosted client's docs say
+        memory-mapped, but it downloads a fresh copy on every access.)
+        """
+        path = self._map.path("latent")
+        return private_matrix(path, "embedding", expected_version=self._map.version)
+
+    @cached_property
+    def _latent(self) -> np.ndarray:
+        """The read-only stored vectors the searches use, whatever a user does to ``latent``."""
         return matrix(self._latent_table.column("embedding"))
 
     @cached_property
@@ -172,7 +226,7 @@ class AtlasMapEmbeddings:
     def _index(self):
         from atlas_assets.lib.knn import build_index
 
-        return build_index(self.latent)
+        return build_index(self._latent)
 
     def vector_search(
         self, queries: np.ndarray | None = None, ids: list[str] | None = None, k: int = 5
@@ -196,12 +250,12 @@ class AtlasMapEmbeddings:
             if unknown:
                 raise KeyError(f"{len(unknown)} unknown ids: {unknown[:10]}")
             rows = [position[str(i)] for i in ids]
-            vectors, exclude = self.latent[rows], rows
+            vectors, exclude = self._latent[rows], rows
         else:
             vectors = np.asarray(queries, dtype=np.float32)
-            if vectors.ndim != 2 or vectors.shape[1] != self.latent.shape[1]:
+            if vectors.ndim != 2 or vectors.shape[1] != self._latent.shape[1]:
                 raise ValueError(
-                    f"queries must be a 2-D array with {self.latent.shape[1]} columns, "
+                    f"queries must be a 2-D array with {self._latent.shape[1]} columns, "
                     f"got shape {vectors.shape}"
                 )
             vectors, exclude = normalize(vectors), [None] * len(vectors)
@@ -214,4 +268,20 @@ class AtlasMapEmbeddings:
         return neighbor_ids, distances
 
     def __repr__(self) -> str:
-        return f"AtlasMapEmbeddings(latent={tuple(self.latent.shape)})"
+        return f"AtlasMapEmbeddings(latent={tuple(self._latent.shape)})"
+
+
+AtlasProjection = AtlasMap
+
+
+class AtlasIndex:
+    """An index of a dataset: its indexed field and its maps (one map per index here)."""
+
+    def __init__(self, atlas_map: AtlasMap) -> None:
+        self.id = atlas_map.atlas_index_id
+        self.name = atlas_map.name
+        self.indexed_field = atlas_map.config.get("indexed_field")
+        self.projections = [atlas_map]
+
+    def __repr__(self) -> str:
+        return f"AtlasIndex({self.name!r}, indexed_field={self.indexed_field!r})"

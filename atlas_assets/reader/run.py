@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from atlas_assets.store import DatasetPaths, commit
-from atlas_assets.store.layout import ensure_dagster_home
+from atlas_assets.store.layout import dagster_home, ensure_dagster_home
 from atlas_assets.store.publish import discard
 
 
@@ -55,3 +55,20 @@ def materialize_map(paths: DatasetPaths) -> str:
             )
         commit(paths, result.run_id)
         return result.run_id
+
+
+def forget_partition(paths: DatasetPaths) -> bool:
+    """Remove the dataset's partition from the Dagster instance, if there is an instance and it
+    has that partition (the runs stay in its history); returns whether one was removed."""
+    if not (dagster_home() / "dagster.yaml").is_file():
+        return False  # no instance yet: nothing to forget, and none is created for this
+    os.environ["DAGSTER_HOME"] = str(dagster_home())
+    import dagster as dg
+
+    from atlas_assets.defs.partitions import atlas_datasets
+
+    with dg.DagsterInstance.get() as instance:
+        if not instance.has_dynamic_partition(atlas_datasets.name, paths.partition_key):
+            return False
+        instance.delete_dynamic_partition(atlas_datasets.name, paths.partition_key)
+        return True

@@ -38,8 +38,14 @@ class AtlasMapTags:
         self._store = open_tag_store(atlas_map._paths)
 
     def get_tags(self) -> list[dict[str, Any]]:
-        """Every tag as ``{"tag_name", "tag_id", "metadata"}``, in creation order."""
-        return self._store.get_tags()
+        """Every tag as ``{"tag_name", "tag_id", "tag_definition_id", "metadata"}``, in creation
+        order.
+
+        A tag here has exactly one definition (the set of ids in it), so ``tag_definition_id``
+        equals ``tag_id``. A map built with duplicate detection also lists the derived tag
+        ``"duplicates: deletion candidates"`` (see ``NomicDuplicatesOptions.tag_duplicates``).
+        """
+        return [{**tag, "tag_definition_id": tag["tag_id"]} for tag in self._store.get_tags()]
 
     def get_datums_in_tag(self, tag_name: str, overwrite: bool = False) -> list[str]:
         """The ids of the datums tagged ``tag_name`` (unknown tag: ``ValueError``).

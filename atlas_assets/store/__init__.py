@@ -20,6 +20,9 @@ from atlas_assets.store.layout import (
     dataset_paths,
     list_datasets,
     parse_identifier,
+    parse_partition_key,
+    partition_paths,
+    slugify,
 )
 from atlas_assets.store.publish import (
     PublishedMap,
@@ -45,10 +48,13 @@ __all__ = [
     "dataset_paths",
     "list_datasets",
     "parse_identifier",
+    "parse_partition_key",
+    "partition_paths",
     "published",
     "read_json",
     "read_resource",
     "resource_info",
+    "slugify",
     "write_json",
     "write_resource",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import mmap
 import os
 import tempfile
 import time
@@ -124,6 +125,29 @@ def locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def is_locked(lock_path: Path) -> bool:
+    """Whether another holder has ``lock_path``'s exclusive lock now (never blocks)."""
+    try:
+        handle = open(lock_path)  # noqa: SIM115 - closed below; a missing file is no lock
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def wait_unlocked(lock_path: Path) -> None:
+    """Block until no one holds ``lock_path``'s exclusive lock (a shared lock, taken and
+    released: waiters do not queue behind each other)."""
+    with contextlib.suppress(FileNotFoundError), open(lock_path) as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -185,19 +209,50 @@ def resource_info(path: Path) -> dict[str, Any] | None:
         return _info_from_schema(pa.ipc.open_file(source).schema)
 
 
-def read_resource(path: Path, *, expected_version: str | None = None) -> pa.Table:
-    """Read a resource memory-mapped; refuse it if it was built from another dataset version."""
-    if not path.is_file():
-        raise ResourceNotReadyError(str(path))
-    table = read_arrow(path)
+def _check_version(path: Path, schema: pa.Schema, expected_version: str | None) -> None:
     if expected_version is not None:
-        found = _info_from_schema(table.schema).get("dataset_version")
+        found = _info_from_schema(schema).get("dataset_version")
         if found != expected_version:
             raise StaleResourceError(
                 f"{path.stem!r} was built from dataset version {found}, "
                 f"but the dataset is at version {expected_version}"
             )
+
+
+def read_resource(path: Path, *, expected_version: str | None = None) -> pa.Table:
+    """Read a resource memory-mapped; refuse it if it was built from another dataset version."""
+    if not path.is_file():
+        raise ResourceNotReadyError(str(path))
+    table = read_arrow(path)
+    _check_version(path, table.schema, expected_version)
     return table
+
+
+def private_matrix(path: Path, column: str, *, expected_version: str | None = None) -> np.ndarray:
+    """A fixed-size-list column of a resource as a writable ``(N, d)`` array, in O(1).
+
+    The file is mapped privately (copy-on-write): the array reads the stored bytes without
+    copying them, in-place changes (``a /= norms``, ``faiss.normalize_L2(a)``) copy only the
+    pages they touch, in this process's memory, and the file never changes. Arrow parses the
+    same mapping, so the array is the file that was checked, even if it is replaced meanwhile.
+    """
+    if not path.is_file():
+        raise ResourceNotReadyError(str(path))
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    whole = pa.py_buffer(mapped)
+    table = pa.ipc.open_file(pa.BufferReader(whole)).read_all()
+    _check_version(path, table.schema, expected_version)
+    chunks = table.column(column)
+    if chunks.num_chunks != 1 or chunks.null_count:
+        return np.array(matrix(chunks))  # not one contiguous run: a plain writable copy
+    arr = chunks.chunk(0)
+    width = arr.type.list_size
+    values = arr.values.slice(arr.offset * width, len(arr) * width)
+    dtype = np.dtype(values.type.to_pandas_dtype())
+    start = values.buffers()[1].address + values.offset * dtype.itemsize - whole.address
+    flat = np.frombuffer(mapped, dtype=dtype, count=len(arr) * width, offset=start)
+    return flat.reshape(len(arr), width)
 
 
 def fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,9 @@ _SLUG_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 SHARD_NAME = re.compile(r"^(\d{6})(?:r(\d+))?-[0-9a-f]+\.arrow$")
 # A partition key joins namespace and slug with a character that no slug contains.
 _NAMESPACE_SEP = "."
+# Where ``atlas serve`` listens unless told otherwise (or unless the port is taken).
+EXPLORER_HOST = "127.0.0.1"
+EXPLORER_PORT = 8787
 
 
 def resource_key(name: str, part: str | None = None) -> str:
@@ -89,36 +93,49 @@ def ensure_dagster_home() -> Path:
     return home
 
 
-def _slugify(part: str) -> str:
-    slug = re.sub(r"[\s_]", "-", part.strip().lower())
-    return slug
+def slugify(name: str) -> str:
+    """A display name as the hosted client slugs it (``"Café News (AG)"`` -> ``cafe-news-ag``).
+
+    Accents are stripped (NFD), letters lower-cased, spaces and ``_`` become ``-``, every other
+    character is dropped (so ``news.v2`` -> ``newsv2``) and runs of ``-`` collapse.
+    """
+    text = unicodedata.normalize("NFD", name.strip()).lower().replace(" ", "-").replace("_", "-")
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "", text))
+
+
+def _refuse(identifier: object, why: str) -> ValueError:
+    return ValueError(f"invalid dataset identifier {identifier!r}: {why}")
 
 
 def parse_identifier(identifier: str) -> tuple[str | None, str]:
-    """``"Org/My Dataset"`` -> ``("org", "my-dataset")``; anything that could escape is refused.
+    """``"Org/My Dataset"`` -> ``("org", "my-dataset")``, normalised as the hosted client does.
 
-    Lower-cases, turns spaces and ``_`` into ``-``; then every part must be ``[a-z0-9-]``.
-    A partition key (``org.my-dataset``) is accepted too.
+    Each part goes through :func:`slugify`; a ``/`` separates the organisation (namespace) from
+    the name. Only what could escape the store or names nothing is refused: more than one ``/``,
+    a ``\\``, ``.``/``..`` parts, a part that is empty after normalising.
     """
     if not isinstance(identifier, str) or not identifier.strip():
         raise ValueError(f"dataset identifier must be a non-empty string, got {identifier!r}")
-    text = identifier.strip()
-    if "/" not in text and text.count(_NAMESPACE_SEP) == 1:
-        text = text.replace(_NAMESPACE_SEP, "/")
-    parts = text.split("/")
-    if len(parts) > 2:
-        raise ValueError(
-            f"invalid dataset identifier {identifier!r}: use 'name' or 'org/name' "
-            "(a '/' inside a part is not allowed)"
-        )
-    slugs = [_slugify(p) for p in parts]
-    for slug in slugs:
-        if not _SLUG_PART.match(slug):
-            raise ValueError(
-                f"invalid dataset identifier {identifier!r}: each part must be letters, digits, "
-                "spaces, '-' or '_' and start with a letter or digit"
-            )
+    parts = identifier.strip().split("/")
+    if len(parts) > 2 or "\\" in identifier:
+        raise _refuse(identifier, "use 'name' or 'org/name' (no other '/' or '\\')")
+    if any(p.strip() in (".", "..") for p in parts):
+        raise _refuse(identifier, "'.' and '..' are not names")
+    slugs = [slugify(p) for p in parts]
+    for part, slug in zip(parts, slugs, strict=True):
+        if not slug.strip("-"):
+            raise _refuse(identifier, f"{part!r} has no letter or digit to name a dataset by")
+    slugs = [s.strip("-") for s in slugs]
     return (slugs[0], slugs[1]) if len(slugs) == 2 else (None, slugs[0])
+
+
+def parse_partition_key(key: str) -> tuple[str | None, str]:
+    """A Dagster partition key (``slug`` or ``org.slug``, from :attr:`DatasetPaths.partition_key`)
+    -> ``(namespace, slug)``; anything not of that exact form is refused."""
+    parts = key.split(_NAMESPACE_SEP) if isinstance(key, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_SLUG_PART.match(p) for p in parts):
+        raise ValueError(f"invalid dataset partition key {key!r}: expected 'name' or 'org.name'")
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
 @dataclass(frozen=True)
@@ -144,7 +161,14 @@ class DatasetPaths:
 
     @property
     def lock(self) -> Path:
+        """Held briefly by every writer of the dataset's files (shards, ``dataset.json``)."""
         return self.root / ".lock"
+
+    @property
+    def build_lock(self) -> Path:
+        """Held by ``create_index`` from recording the configuration to the end of the build,
+        so concurrent builds of one dataset run one after the other."""
+        return self.root / ".build.lock"
 
     @property
     def shards(self) -> Path:
@@ -204,12 +228,25 @@ class DatasetPaths:
         return [latest[seq][1] for seq in sorted(latest)]
 
 
-def dataset_paths(identifier: str, home: Path | None = None) -> DatasetPaths:
-    """The paths of a dataset given its identifier or partition key."""
-    namespace, slug = parse_identifier(identifier)
+def _paths(namespace: str | None, slug: str, home: Path | None) -> DatasetPaths:
     base = (home or atlas_home()) / "datasets"
     root = base / namespace / slug if namespace else base / slug
     return DatasetPaths(root=root, namespace=namespace, slug=slug)
+
+
+def dataset_paths(identifier: str, home: Path | None = None) -> DatasetPaths:
+    """The paths of a dataset given its identifier (a display name or ``org/name``)."""
+    return _paths(*parse_identifier(identifier), home)
+
+
+def partition_paths(key: str, home: Path | None = None) -> DatasetPaths:
+    """The paths of a dataset given its Dagster partition key (``name`` or ``org.name``)."""
+    return _paths(*parse_partition_key(key), home)
+
+
+def explorer_url(partition_key: str, host: str = EXPLORER_HOST, port: int = EXPLORER_PORT) -> str:
+    """The map explorer's page for a dataset, as ``atlas serve`` serves it by default."""
+    return f"http://{host}:{port}/?dataset={partition_key}"
 
 
 def embedding_cache_dir(model_key: str, home: Path | None = None) -> Path:

@@ -91,7 +91,7 @@ def test_materialize_partition_with_uploaded_embeddings(store, arxiv):
 
 
 def test_unknown_or_invalid_partition_fails_clearly(store):
-    for key, message in (("ghost", "has no data"), ("bad..key", "invalid dataset identifier")):
+    for key, message in (("ghost", "has no data"), ("bad..key", "invalid dataset partition key")):
         result = materialize(key, {"dataset"}, checks=False, raise_on_error=False)
         assert not result.success
         assert message in step_failure(result)

@@ -71,14 +71,14 @@ def test_bad_files_and_folders_are_reported_not_retried(store, arxiv):
     run_sensor(store, instance)
     # repeats an id already stored: refused, set aside with a note, earlier data intact
     arxiv.iloc[2:4].to_csv(inbox / "papers" / "b.csv", index=False)
-    (inbox / "Bad..Name").mkdir()
-    (inbox / "Bad..Name" / "x.csv").write_text("id,text\n1,a\n")
+    (inbox / "(!)").mkdir()
+    (inbox / "(!)" / "x.csv").write_text("id,text\n1,a\n")
     result = run_sensor(store, instance)
     assert result.run_requests == []
     notes = list((inbox / "papers" / ".failed").glob("*.error.txt"))
     assert len(notes) == 1 and "already in the dataset" in notes[0].read_text()
     assert AtlasDataset("papers").total_datums == 3
-    assert (inbox / "Bad..Name" / "x.csv").exists()  # never became a partition
+    assert (inbox / "(!)" / "x.csv").exists()  # never became a partition
     assert not instance.get_dynamic_partitions(atlas_datasets.name)
     assert run_sensor(store, instance).run_requests == []  # not retried
 

@@ -22,11 +22,11 @@ from atlas_assets.store.datasets import load_meta, read_shards
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under the store with its content (the lock file aside)."""
+    """Every file under the store with its content (the lock files aside)."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".lock"
+        if p.is_file() and p.name not in (".lock", ".build.lock")
     }
 
 
@@ -49,7 +49,36 @@ def test_identifiers_are_slugs(store):
     assert org._paths.partition_key == "acme.sales-notes"
 
 
-@pytest.mark.parametrize("bad", ["", "  ", "..", "a/../b", "a/b/c", "../x", "x/", "ünï", "a\\b"])
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("News 10k For Topic Extraction", "news-10k-for-topic-extraction"),
+        ("Compat News (AG) 200", "compat-news-ag-200"),
+        ("news.v2", "newsv2"),  # a dot is dropped, as the hosted client does: not a namespace
+        ("compat.news.v2", "compatnewsv2"),
+        ("Café  Crème__Brûlée", "cafe-creme-brulee"),
+        ("ünï", "uni"),
+        ("A Map That Gets Updated!", "a-map-that-gets-updated"),
+    ],
+)
+def test_display_names_become_the_hosted_clients_slugs(store, name, slug):
+    ds = AtlasDataset(name)
+    assert ds.identifier == ds.slug == ds.name == slug
+    assert ds._paths.root == store / "datasets" / slug
+    assert AtlasDataset(slug).id == ds.id  # the slug opens the same dataset
+
+
+def test_partition_keys_are_parsed_apart_from_identifiers(tmp_path):
+    from atlas_assets.store import dataset_paths, partition_paths
+
+    assert partition_paths("acme.sales-notes", tmp_path).identifier == "acme/sales-notes"
+    assert dataset_paths("acme.sales-notes", tmp_path).identifier == "acmesales-notes"
+    for bad in ("a.b.c", "A.b", "a/b", "", "-x"):
+        with pytest.raises(ValueError, match="partition key"):
+            partition_paths(bad, tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "..", "a/../b", "a/b/c", "../x", "x/", "(!)", "a\\b"])
 def test_identifiers_that_could_escape_are_refused(store, bad):
     with pytest.raises(ValueError, match="identifier"):
         AtlasDataset(bad)
@@ -326,3 +355,183 @@ def test_add_data_killed_at_any_point_accepts_the_next_batch(store):
         time.sleep(rng.uniform(0.0, 0.5))
         kill9(child)
         check_accepts_the_next_batch()
+
+
+# -- the hosted client's calls (issue 17) ---------------------------------------------------
+
+
+def test_option_models_take_the_hosted_clients_fields():
+    from atlas_assets.data_inference import (
+        NomicEmbedOptions,
+        NomicTopicOptions,
+        ProjectionOptions,
+    )
+
+    topics = NomicTopicOptions(cluster_method="hdbscan", enforce_topic_hierarchy=True)
+    assert (topics.cluster_method, topics.enforce_topic_hierarchy) == ("hdbscan", True)
+    auto = ProjectionOptions(model="nomic-project-v1", n_neighbors=None, min_dist=None)
+    assert auto.umap_params() == {
+        "n_neighbors": 15,
+        "n_epochs": None,
+        "min_dist": 0.1,
+        "spread": 1.0,
+        "seed": 0,
+    }
+    assert (
+        ProjectionOptions(model="umap", n_neighbors=30, n_epochs=200).umap_params()["n_neighbors"]
+        == 30
+    )
+    with pytest.raises(ValueError, match="cluster_method"):
+        NomicTopicOptions(cluster_method="kmeans")
+    with pytest.raises(ValueError, match="n_neigbors"):  # a typo is still an error
+        ProjectionOptions(n_neigbors=5)
+    assert NomicEmbedOptions(model="nomic-embed-text-v1.5").model == "nomic-embed-text-v1.5"
+
+
+def test_options_are_assignable_and_assignments_are_validated():
+    from atlas_assets.data_inference import NomicDuplicatesOptions, ProjectionOptions
+
+    opts = ProjectionOptions()
+    opts.n_neighbors = 30
+    opts.model = "umap"
+    assert opts.umap_params()["n_neighbors"] == 30 and opts.model == "umap"
+    with pytest.raises(ValueError, match="n_neighbors"):
+        opts.n_neighbors = 1
+    with pytest.raises(ValueError, match="has no field|no_such"):
+        opts.no_such = 3
+    dup = NomicDuplicatesOptions()
+    with pytest.raises(ValueError, match="cosine distance"):
+        dup.duplicate_cutoff = 5.0
+
+
+def test_nomic_project_v2_knobs_warn_once_that_they_mean_nothing_here():
+    import warnings
+
+    from atlas_assets import options
+    from atlas_assets.data_inference import ProjectionOptions
+
+    options._warned.discard("projection.rho")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ProjectionOptions(rho=0.5)
+        ProjectionOptions(rho=0.7)
+    messages = [str(w.message) for w in caught if "rho" in str(w.message)]
+    assert len(messages) == 1 and "no local meaning" in messages[0]
+
+
+@pytest.mark.parametrize("model", ["nomic-embed-text-v1.5", "NomicEmbed", "nomic-embed-text-v1"])
+def test_hosted_only_models_are_refused_before_anything_runs(ds, store, model):
+    from atlas_assets.data_inference import NomicEmbedOptions
+
+    before = snapshot(store)
+    for spelling in (model, {"model": model}, NomicEmbedOptions(model=model)):
+        with pytest.raises(ValueError, match=f"'{model}' runs only on Nomic's hosted") as err:
+            ds.create_index(indexed_field="text", embedding_model=spelling)
+        assert "embedding_model unset" in str(err.value)
+    assert snapshot(store) == before and ds.maps == []
+
+
+def test_modality_blobs_and_pbar(ds, store):
+    before = snapshot(store)
+    with pytest.raises(ValueError, match="modality='embedding' needs vectors"):
+        ds.create_index(indexed_field="text", modality="embedding")
+    with pytest.raises(ValueError, match="'image' is not supported"):
+        ds.create_index(indexed_field="text", modality="image")
+    with pytest.raises(ValueError, match="blobs= \\(images\\) is not supported"):
+        ds.add_data(frame(["z"]), blobs=["z.png"])
+    assert snapshot(store) == before
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    ds.add_data(frame(["d", "e"]), pbar=bar)
+    assert bar.n == 2 and ds.total_datums == 5
+    assert ds.modality == "text" and ds.schema.names == ["id", "text"]
+
+
+def test_embeddings_alone_or_as_an_arrow_column(store):
+    alone = AtlasDataset("vectors only")
+    alone.add_data(embeddings=np.random.default_rng(0).normal(size=(4, 8)))
+    assert alone.total_datums == 4 and alone.dataset_fields == ["id_"]
+    assert alone.modality == "embedding"
+    table = pa.table({"id": ["a", "b"], "_embeddings": [[1.0, 0.0], [0.0, 1.0]]})
+    ds = AtlasDataset("arrow vectors", unique_id_field="id")
+    ds.add_data(table)
+    assert ds.modality == "embedding" and ds.dataset_fields == ["id"]
+    with pytest.raises(ValueError, match="modality='embedding'"):
+        ds.create_index(modality="text")
+
+
+def test_meta_and_get_map_before_a_map(ds):
+    meta = ds.meta
+    assert meta["slug"] == "rules" and meta["unique_id_field"] == "id"
+    assert meta["total_datums_in_project"] == 3 and meta["atlas_indices"] == []
+    assert meta["insert_update_delete_lock"] is False and meta["modality"] == "text"
+    assert ds.indices == [] and ds.projections == []
+    with pytest.raises(ValueError, match="no map yet"):
+        ds.get_map()
+    with pytest.raises(ValueError, match="no map with projection_id='x'"):
+        ds.get_map(projection_id="x")
+
+
+def test_dataset_id_opens_the_dataset(ds):
+    assert AtlasDataset(dataset_id=ds.id).identifier == "rules"
+    with pytest.raises(ValueError, match="no dataset with dataset_id"):
+        AtlasDataset(dataset_id="nope")
+
+
+def test_delete_removes_the_dataset_and_its_tags(ds, store):
+    from atlas_assets.reader.tags import open_tag_store
+
+    open_tag_store(ds._paths).add(["a"], "keep")
+    root = ds._paths.root
+    ds.delete()
+    assert not root.exists()
+    with pytest.raises(ValueError, match="was deleted"):
+        ds.add_data(frame(["x"]))
+    fresh = AtlasDataset("rules", unique_id_field="id")  # the name is free again
+    assert fresh.total_datums == 0 and not fresh._paths.tag_db.exists()
+
+
+HOLD_BUILD_LOCK = """
+import sys, time
+from pathlib import Path
+from atlas_assets.store import dataset_paths
+from atlas_assets.store.files import locked
+with locked(dataset_paths(sys.argv[1]).build_lock):
+    Path(sys.argv[2]).write_text("held")
+    time.sleep(float(sys.argv[3]))
+    Path(sys.argv[2]).write_text("releasing")  # still held: a waiter can only see this text
+"""
+
+
+def test_the_build_lock_is_seen_and_waited_for_across_processes(ds, store, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_BUILD_LOCK, "rules", str(marker), "2.0"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        while not marker.exists() or marker.read_text() != "held":
+            assert holder.poll() is None, "the lock holder died"
+            time.sleep(0.05)
+        assert ds.is_locked and not ds.is_accepting_data and ds.meta["insert_update_delete_lock"]
+        start = time.monotonic()
+        with ds.wait_for_dataset_lock() as waited:
+            assert waited is ds
+            assert marker.read_text() == "releasing"  # yielded only once the other was done
+            assert not ds.is_locked and ds.is_accepting_data
+        assert time.monotonic() - start > 0.5
+    finally:
+        holder.wait(timeout=30)
+    with ds.wait_for_dataset_lock():  # no build running: yields at once
+        pass

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from atlas_assets import AtlasDataset, ResourceNotReadyError, StaleResourceError
+from atlas_assets_tests.conftest import store_at
 
 
 def test_maps_and_identity(built):
@@ -35,9 +38,38 @@ def test_latent_is_memory_mapped_float32_unit_vectors(built):
     _, atlas_map, frame = built
     latent = atlas_map.embeddings.latent
     assert latent.shape == (len(frame), 384) and latent.dtype == np.float32
-    assert not latent.flags.owndata and not latent.flags.writeable  # a view on the mapped file
-    assert atlas_map.embeddings.latent is latent  # not re-read or copied on each access
+    assert not latent.flags.owndata  # a view on the mapped file, not a copy
+    owner = latent
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert isinstance(getattr(owner, "obj", owner), mmap.mmap)  # the file's mapping, no copy
     np.testing.assert_allclose(np.linalg.norm(latent, axis=1), 1.0, atol=1e-5)
+
+
+def test_latent_may_be_changed_in_place_without_touching_the_file(built):
+    import faiss
+
+    from atlas_assets.reader.dataset import AtlasDataset as Reopened
+
+    ds, atlas_map, _ = built
+    path = ds._paths.resource("latent")
+    stored_bytes = path.read_bytes()
+    stored = np.array(atlas_map.embeddings.latent)
+    latent = atlas_map.embeddings.latent
+    assert latent.flags.writeable and latent.flags.c_contiguous
+    latent *= 3.0
+    latent /= np.linalg.norm(latent, axis=1, keepdims=True) * 2.0  # rows now of length 0.5
+    np.testing.assert_allclose(np.linalg.norm(latent, axis=1), 0.5, atol=1e-5)
+    faiss.normalize_L2(latent)  # used to kill the process on a read-only map
+    np.testing.assert_allclose(latent, stored, atol=1e-5)
+    latent[:] = 7.0
+    assert path.read_bytes() == stored_bytes  # the stored file never changed
+    assert np.array_equal(atlas_map.embeddings.latent, stored)  # a second access: stored values
+    with store_at(path.parents[3]):
+        again = Reopened(ds.identifier).get_map().embeddings.latent
+    assert np.array_equal(again, stored)  # a new open: stored values
+    ids, _ = atlas_map.embeddings.vector_search(ids=[atlas_map.data.tb.column(0)[0].as_py()])
+    assert len(ids[0]) == 5  # searches read the stored vectors, not the changed copy
 
 
 def test_projected_columns_and_alignment(built):

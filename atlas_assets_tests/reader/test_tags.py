@@ -28,7 +28,8 @@ def test_round_trip_add_get_remove(tagged):
     assert sorted(atlas_map.tags.get_datums_in_tag("physics")) == sorted(ids)
     tags = atlas_map.tags.get_tags()
     assert [t["tag_name"] for t in tags] == ["physics", "review"]
-    assert set(tags[0]) == {"tag_name", "tag_id", "metadata"}
+    assert set(tags[0]) == {"tag_name", "tag_id", "tag_definition_id", "metadata"}
+    assert tags[0]["tag_definition_id"] == tags[0]["tag_id"]
     rows = ds.get_data(atlas_map.tags.get_datums_in_tag("review"))
     assert sorted(r["arxiv_id"] for r in rows) == sorted(ids[:2])
     assert atlas_map.tags.remove(ids[:1], "physics") == 1

@@ -59,15 +59,25 @@ def test_matrix_round_trip_is_zero_copy(tmp_path):
     [
         ("My Data", (None, "my-data")),
         ("Org/Some_Set", ("org", "some-set")),
-        ("org.some-set", ("org", "some-set")),
+        ("org.some-set", (None, "orgsome-set")),  # a dot is dropped, as the hosted client does
         ("A1", (None, "a1")),
+        ("-x", (None, "x")),
+        ("a:b", (None, "ab")),
+        ("x y/z\x00", ("x-y", "z")),
     ],
 )
 def test_identifiers_normalise(identifier, expected):
     assert parse_identifier(identifier) == expected
 
 
-@pytest.mark.parametrize("bad", ["..", ".", "a/..", "a/b/c", "/abs", "-x", "x y/z\x00", "a:b", ""])
+def test_partition_keys_keep_their_namespace():
+    from atlas_assets.store import parse_partition_key
+
+    assert parse_partition_key("org.some-set") == ("org", "some-set")
+    assert parse_partition_key("some-set") == (None, "some-set")
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "a/..", "a/b/c", "/abs", "x/", "a\\b", "(:)", ""])
 def test_unsafe_identifiers_are_refused(bad):
     with pytest.raises(ValueError, match="identifier"):
         parse_identifier(bad)

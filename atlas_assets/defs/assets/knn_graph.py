@@ -35,7 +35,7 @@ def knn_graph(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     version = dataset_version(paths)
     latent = read_input(paths, "latent", version)
     projection = NomicProjectOptions(**(map_config(paths).get("projection") or {}))
-    k = max(MIN_NEIGHBORS, projection.n_neighbors - 1)
+    k = max(MIN_NEIGHBORS, projection.umap_params()["n_neighbors"] - 1)
     graph = build_knn_graph(matrix(latent.column("embedding")), k)
     id_field = latent.column_names[0]
     table = pa.table(

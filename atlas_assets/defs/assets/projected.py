@@ -47,7 +47,7 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     coords = project(
         matrix(latent.column("embedding")),
         knn,
-        **options.model_dump(exclude={"model"}),
+        **options.umap_params(),
     )
     id_field = latent.column_names[0]
     table = pa.table(
