@@ -65,6 +65,7 @@ def test_display_names_become_the_hosted_clients_slugs(store, name, slug):
     ds = AtlasDataset(name)
     assert ds.identifier == ds.slug == ds.name == slug
     assert ds._paths.root == store / "datasets" / slug
+    ds.add_data([{"text": "stored"}])  # the first batch stores the dataset
     assert AtlasDataset(slug).id == ds.id  # the slug opens the same dataset
 
 
