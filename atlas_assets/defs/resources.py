@@ -63,7 +63,7 @@ class DaskCluster(dg.ConfigurableResource):
         try:
             client = dask_embed.connect(address, self.connect_timeout)
         except (ConnectionError, ImportError) as err:
-            raise dg.Failure(f"{err} (set by {source})") from None
+            raise dg.Failure(f"{err}; the address comes from {source}") from None
         try:
             yield client
         finally:

@@ -42,7 +42,7 @@ def connect(address: str, timeout: float = 10.0) -> Client:
         return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as err:
         raise ConnectionError(
-            f"cannot reach the Dask scheduler at {address} (within {timeout:g} s): {err}"
+            f"cannot reach the Dask scheduler at {address} within {timeout:g} s: {err}"
         ) from None
 
 
