@@ -90,22 +90,24 @@ def test_a_map_built_on_the_cluster_equals_the_in_process_map(
     assert atlas_map.topics.df.equals(reference.topics.df)
 
 
-class WorkerKiller(threading.Thread):
-    """Kills (SIGKILL, by pid) a worker process while it runs one of the run's shards, once
-    another shard has finished (mid-run, the model loaded); records ``(pid, shard key)``."""
+class MidRun(threading.Thread):
+    """Watches the scheduler and, once one of the run's shards has finished while another runs
+    (mid-run, the model loaded), calls ``act(worker address, worker pid)`` once; records
+    ``(pid, the running shard's key)`` in ``acted``."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, act) -> None:
         super().__init__(daemon=True)
         from distributed import Client
 
         self.client = Client(address, set_as_default=False)
         self.pids = self.client.run(os.getpid)  # worker address -> pid
-        self.killed: tuple[int, str] | None = None
+        self.act = act
+        self.acted: tuple[int, str] | None = None
         self.stop = threading.Event()
 
     def run(self) -> None:
         seen: set[str] = set()
-        while not self.stop.is_set() and self.killed is None:
+        while not self.stop.is_set() and self.acted is None:
             running = {
                 worker: [str(k) for k in keys if str(k).startswith("atlas-embed-")]
                 for worker, keys in self.client.processing().items()
@@ -115,19 +117,31 @@ class WorkerKiller(threading.Thread):
             seen |= now
             for worker, ours in running.items():
                 if ours and finished and worker in self.pids:
-                    os.kill(self.pids[worker], signal.SIGKILL)
-                    self.killed = (self.pids[worker], ours[0])
+                    self.act(worker, self.pids[worker])
+                    self.acted = (self.pids[worker], ours[0])
                     break
             time.sleep(0.05)
 
-    def times_sent(self, key: str) -> int:
-        """How often the scheduler sent ``key`` to a worker (from its transition log)."""
+    def __enter__(self) -> MidRun:
+        self.start()
+        return self
 
-        def sent(dask_scheduler, key=key):
-            log = dask_scheduler.transition_log
-            return sum(1 for k, _, finish, *_ in log if str(k) == key and finish == "processing")
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.join()
 
-        return self.client.run_on_scheduler(sent)
+    def transitions(self, prefix: str) -> list[tuple[str, str]]:
+        """``(key, new state)`` of every task whose key starts with ``prefix``, in order, from
+        the scheduler's transition log."""
+
+        def log(dask_scheduler, prefix=prefix):
+            return [
+                (str(k), finish)
+                for k, _, finish, *_ in dask_scheduler.transition_log
+                if str(k).startswith(prefix)
+            ]
+
+        return self.client.run_on_scheduler(log)
 
 
 def test_a_worker_killed_mid_run_loses_and_doubles_nothing(dask_cluster, store, arxiv):
@@ -141,25 +155,22 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(dask_cluster, store, 
         topic_model=False,
         duplicate_detection=False,
     )
-    killer = WorkerKiller(dask_cluster.scheduler_address)
-    killer.start()
-    try:
+    kill = lambda worker, pid: os.kill(pid, signal.SIGKILL)  # noqa: E731
+    with MidRun(dask_cluster.scheduler_address, kill) as killer:
         result, log = build(
             "killed",
             {"dataset", "latent"},
             dask=DaskCluster(address=dask_cluster.scheduler_address, shard_size=4),
         )
-    finally:
-        killer.stop.set()
-        killer.join()
-    assert killer.killed is not None, "no worker was killed while the run embedded"
-    pid, key = killer.killed
+    assert killer.acted is not None, "no worker was killed while the run embedded"
+    pid, key = killer.acted
     assert result.success, step_failure(result)
     assert pid not in killer.client.run(os.getpid).values()  # that process is gone
     meta = latent_metadata(result)
     assert meta["dask_shards"] == 8 and meta["embedded_now"] == 32
 
-    assert killer.times_sent(key) >= 2  # the killed shard ran again on a live worker
+    sent = [k for k, state in killer.transitions(key) if k == key and state == "processing"]
+    assert len(sent) >= 2  # the killed shard ran again, on a live worker
     assert any("embedded shard 8/8 on the cluster: 32/32 texts" in m for m in log)
     killer.client.close()
 
@@ -173,6 +184,47 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(dask_cluster, store, 
     (cache,) = embedding_cache_dir(model_key(), store).glob("*.arrow")
     hashes = read_arrow(cache).column("hash").to_pylist()
     assert sorted(hashes) == sorted(set(text_hashes(texts)))
+
+
+def test_an_interrupted_run_cancels_its_shards(dask_cluster, store, arxiv):
+    """A run cancelled from the UI interrupts its step as SIGINT does here: the run stops, the
+    scheduler drops the run's tasks at once, and the shards not yet sent are never sent."""
+    frame = arxiv.head(24)
+    ds = AtlasDataset("cancelled", unique_id_field="arxiv_id")
+    ds.add_data(frame)
+    ds.configure_index(
+        indexed_field="abstract",
+        embedding_model={"batch_size": 2},
+        topic_model=False,
+        duplicate_detection=False,
+    )
+    # Dagster turns SIGINT into an interrupt of the step while it runs; this handler takes
+    # the signal should it land after the run (then the test fails below, not the session).
+    late: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: late.append(1))
+    interrupt = lambda worker, pid: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
+    try:
+        with MidRun(dask_cluster.scheduler_address, interrupt) as watcher:
+            result, log = build(
+                "cancelled",
+                {"dataset", "latent"},
+                dask=DaskCluster(address=dask_cluster.scheduler_address, shard_size=2),
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert watcher.acted is not None and not late
+    assert not result.success and "interrupted" in step_failure(result).lower()
+    assert resource_info(dataset_paths("cancelled").resource("latent")) is None
+
+    prefix = watcher.acted[1].rsplit("-", 1)[0]  # the run's shard keys: <prefix>-<shard>
+    ever_sent = {k for k, state in watcher.transitions(prefix) if state == "processing"}
+    assert 0 < len(ever_sent) < 12  # 12 shards in all: the rest were never sent
+
+    def left(dask_scheduler, prefix=prefix):
+        return [str(k) for k in dask_scheduler.tasks if str(k).startswith(prefix)]
+
+    assert watcher.client.run_on_scheduler(left) == []
+    watcher.client.close()
 
 
 def test_an_unreachable_scheduler_fails_the_run_before_any_work(store, arxiv, monkeypatch):
