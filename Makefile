@@ -37,6 +37,7 @@ test: lint browser
 # Every stage against its baseline, side by side (minutes to an hour; not part of `make test`).
 bench: setup
 	$(BIN)/python -m benchmarks.embed
+	$(BIN)/python -m benchmarks.dask_embed
 	$(BIN)/python -m benchmarks.project
 	$(BIN)/python -m benchmarks.topics
 	$(BIN)/python -m benchmarks.duplicates

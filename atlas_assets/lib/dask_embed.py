@@ -97,10 +97,11 @@ def embed_on_cluster(
     """Embed ``texts`` as Dask tasks into an ``(N, d)`` float32 array of unit vectors, in input
     order, equal to :func:`embed.embed_texts`' (transformer mode).
 
-    Identical texts are embedded once. At most two shards per worker thread wait at a time, so
-    neither the scheduler nor this process holds all texts or vectors twice. Tasks need the
+    Identical texts are embedded once. At most two shards per worker thread are submitted at a
+    time (more as workers join), so the scheduler holds only their texts. Tasks need the
     abstract worker ``resources`` (e.g. ``{"GPU": 1}``); their keys start with ``name``. When
-    this call is interrupted or fails, its queued and running tasks are cancelled.
+    this call is interrupted or fails, its tasks are cancelled: shards not yet started never
+    start, and one already running finishes on its worker and is dropped.
     """
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
     order = np.argsort([len(t) for t in unique], kind="stable")
