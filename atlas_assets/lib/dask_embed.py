@@ -79,7 +79,7 @@ def plan_shards(n: int, shard_size: int, batch_size: int) -> list[tuple[int, int
 def embed_shard(texts: Sequence[str], model: str, batch_size: int) -> np.ndarray:
     """One task: the unit vectors of a shard, by a model loaded once per worker process."""
     with _load_lock:
-        embed.load_model(model, None)  # as embed_texts calls it: one lru_cache entry
+        embed.load_model(model, device=None)
     return embed.embed_texts(texts, model, batch_size=batch_size, device=None)
 
 

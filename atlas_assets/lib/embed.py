@@ -55,10 +55,14 @@ def model_key(model: str = DEFAULT_MODEL, mode: EmbedMode = "transformer") -> st
     return f"{name}-{digest}"
 
 
-@lru_cache(maxsize=2)
 def load_model(model: str = DEFAULT_MODEL, device: str | None = "cpu"):
     """Load a sentence-transformers model (cached per process), on the CPU unless told:
     ``device=None`` leaves the choice to sentence-transformers (a GPU when there is one)."""
+    return _load_model(model, device)  # one cache entry however the arguments are passed
+
+
+@lru_cache(maxsize=2)
+def _load_model(model: str, device: str | None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer

@@ -41,7 +41,7 @@ def test_vectors_equal_the_in_process_ones_and_the_model_loads_once_per_worker(d
             progress=lambda *args: seen.append(args),
         )
         loads = client.run(
-            lambda: __import__("atlas_assets.lib.embed").lib.embed.load_model.cache_info().misses
+            lambda: __import__("atlas_assets.lib.embed").lib.embed._load_model.cache_info().misses
         )
         link = dask_embed.dashboard_link(client)
     expected = embed_texts(texts, batch_size=4)
