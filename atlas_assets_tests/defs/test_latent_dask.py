@@ -22,6 +22,7 @@ from atlas_assets.lib.embed import embed_texts, model_key, text_hashes
 from atlas_assets.store import dataset_paths, resource_info
 from atlas_assets.store.files import read_arrow
 from atlas_assets.store.layout import embedding_cache_dir
+from atlas_assets_tests.conftest import SAMPLE
 from atlas_assets_tests.defs.test_assets import byo_dataset, step_failure
 
 UNREACHABLE = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
@@ -270,18 +271,26 @@ def test_uploaded_embeddings_and_the_static_path_ignore_the_address(
 
 
 def test_without_an_address_nothing_from_dask_is_imported(tmp_path):
-    """Loading the definitions and deciding where to embed imports neither dask nor
-    distributed (a fresh interpreter: this one has them loaded for the cluster)."""
-    code = (
-        "import sys\n"
-        "from atlas_assets.definitions import defs\n"
-        "from atlas_assets.defs.resources import DaskCluster\n"
-        "defs()\n"
-        "assert DaskCluster().scheduler_address() is None\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))\n"
-    )
+    """A map's embeddings built in-process, as before, import neither dask nor distributed (a
+    fresh interpreter: this one has them loaded for the cluster)."""
+    code = """
+import sys
+import pandas as pd
+from atlas_assets import AtlasDataset
+from atlas_assets_tests.defs.test_latent_dask import build, latent_metadata
+frame = pd.read_csv(sys.argv[1], dtype={"arxiv_id": str}).head(3)
+ds = AtlasDataset("plain", unique_id_field="arxiv_id")
+ds.add_data(frame)
+ds.configure_index(indexed_field="title", topic_model=False, duplicate_detection=False)
+result, _ = build("plain", {"dataset", "latent"})
+assert result.success and latent_metadata(result)["embedded_now"] == 3
+assert not any(k.startswith("dask") for k in latent_metadata(result))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed")))
+"""
     env = {k: v for k, v in os.environ.items() if k != "ATLAS_DASK_ADDRESS"}
+    env |= {"ATLAS_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / ".dagster")}
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(SAMPLE)], env=env, capture_output=True, text=True
     )
-    assert out.stdout.strip() == "[]"
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
