@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,dask]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -37,6 +37,7 @@ test: lint browser
 # Every stage against its baseline, side by side (minutes to an hour; not part of `make test`).
 bench: setup
 	$(BIN)/python -m benchmarks.embed
+	$(BIN)/python -m benchmarks.dask_embed
 	$(BIN)/python -m benchmarks.project
 	$(BIN)/python -m benchmarks.topics
 	$(BIN)/python -m benchmarks.duplicates

@@ -72,3 +72,19 @@ def static_model():
     from atlas_assets.lib.static_embed import distill
 
     return distill(vocab_limit=STATIC_VOCAB)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A real Dask cluster on loopback only: a scheduler and two single-thread worker processes
+    (dashboard on 127.0.0.1, a free port), closed after the session."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        yield cluster

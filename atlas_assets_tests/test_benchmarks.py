@@ -88,3 +88,12 @@ def test_e2e_benchmark_runs(capsys, monkeypatch, tmp_path):
     assert _last_line(capsys) == line
     assert LAST_LINE.match(line).group(1) == "e2e"
     assert "map:20rows," in line and "checks_passed" in line
+
+
+def test_dask_embed_benchmark_runs(capsys):
+    from benchmarks import dask_embed
+
+    line = dask_embed.main(["--n", "24", "--rounds", "1", "--batch-size", "4"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "dask_embed"
+    assert "identical=24/24" in line and "(ok)" in line  # the same vectors either way

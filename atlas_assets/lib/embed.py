@@ -55,14 +55,19 @@ def model_key(model: str = DEFAULT_MODEL, mode: EmbedMode = "transformer") -> st
     return f"{name}-{digest}"
 
 
+def load_model(model: str = DEFAULT_MODEL, device: str | None = "cpu"):
+    """Load a sentence-transformers model (cached per process), on the CPU unless told:
+    ``device=None`` leaves the choice to sentence-transformers (a GPU when there is one)."""
+    return _load_model(model, device)  # one cache entry however the arguments are passed
+
+
 @lru_cache(maxsize=2)
-def load_model(model: str = DEFAULT_MODEL):
-    """Load a sentence-transformers model on the CPU (cached per process)."""
+def _load_model(model: str, device: str | None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(resolve_model(model), device="cpu")
+    return SentenceTransformer(resolve_model(model), device=device)
 
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
@@ -92,20 +97,22 @@ def embed_texts(
     batch_size: int = 32,
     progress: Progress | None = None,
     home: Path | None = None,
+    device: str | None = "cpu",
 ) -> np.ndarray:
     """Embed ``texts`` into an ``(N, d)`` float32 array of unit vectors, in input order.
 
     ``mode="transformer"``: duplicate texts are embedded once; the rest are encoded in
     length-sorted batches. ``mode="static"``: through the static model distilled from ``model``,
     read from the store at ``home`` (default ``$ATLAS_HOME``) or distilled there first.
-    ``progress(done, total)`` is called after each batch.
+    ``progress(done, total)`` is called after each batch. ``device``: see :func:`load_model`
+    (transformer mode only).
     """
     _check_mode(mode)
     if mode == "static":
         from atlas_assets.lib.static_embed import load_static_model
 
         return load_static_model(model, home=home).encode(texts, progress=progress)
-    st = load_model(model)
+    st = load_model(model, device)
     dim = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
     if len(unique) == 0:
