@@ -70,7 +70,7 @@ class AtlasMap:
         """Where to look at this map: the map explorer's URL for this dataset.
 
         The explorer must be running: ``atlas serve <dataset>`` serves it at this address
-        (127.0.0.1, port 8787 unless taken). Nothing is hosted anywhere else.
+        (127.0.0.1, port 8700 unless taken). Nothing is hosted anywhere else.
         """
         return explorer_url(self._paths.partition_key)
 

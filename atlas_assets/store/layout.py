@@ -41,9 +41,10 @@ _SLUG_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 SHARD_NAME = re.compile(r"^(\d{6})(?:r(\d+))?-[0-9a-f]+\.arrow$")
 # A partition key joins namespace and slug with a character that no slug contains.
 _NAMESPACE_SEP = "."
-# Where ``atlas serve`` listens unless told otherwise (or unless the port is taken).
+# Where ``atlas serve`` listens unless told otherwise (or unless the port is taken); not 8787,
+# the Dask dashboard's default, which users of the Dask resource often have running.
 EXPLORER_HOST = "127.0.0.1"
-EXPLORER_PORT = 8787
+EXPLORER_PORT = 8700
 
 
 def resource_key(name: str, part: str | None = None) -> str:

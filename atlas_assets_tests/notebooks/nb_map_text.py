@@ -67,7 +67,7 @@ with dataset.wait_for_dataset_lock():
     print(map.map_link)
     print(dataset.total_datums)
 assert isinstance(map, AtlasProjection)
-assert map.map_link == "http://127.0.0.1:8787/?dataset=news-10k-for-topic-extraction"
+assert map.map_link == "http://127.0.0.1:8700/?dataset=news-10k-for-topic-extraction"
 assert map.dataset_link == map.map_link and dataset.total_datums == len(first_upload)
 assert not dataset.is_locked and dataset.is_accepting_data
 
