@@ -52,7 +52,7 @@ def test_latent_may_be_changed_in_place_without_touching_the_file(built):
     from atlas_assets.reader.dataset import AtlasDataset as Reopened
 
     ds, atlas_map, _ = built
-    path = ds._paths.resource("latent")
+    path = atlas_map.path("latent")
     stored_bytes = path.read_bytes()
     stored = np.array(atlas_map.embeddings.latent)
     latent = atlas_map.embeddings.latent
@@ -65,7 +65,7 @@ def test_latent_may_be_changed_in_place_without_touching_the_file(built):
     latent[:] = 7.0
     assert path.read_bytes() == stored_bytes  # the stored file never changed
     assert np.array_equal(atlas_map.embeddings.latent, stored)  # a second access: stored values
-    with store_at(path.parents[3]):
+    with store_at(ds._paths.root.parents[1]):
         again = Reopened(ds.identifier).get_map().embeddings.latent
     assert np.array_equal(again, stored)  # a new open: stored values
     ids, _ = atlas_map.embeddings.vector_search(ids=[atlas_map.data.tb.column(0)[0].as_py()])
