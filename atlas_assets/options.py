@@ -55,7 +55,7 @@ class NomicProjectOptions(_Options):
     min_dist: float = Field(default=0.1, ge=0.0)
     spread: float = Field(default=1.0, gt=0.0)
     seed: int | None = 0
-    model: Literal["umap"] = "umap"
+    model: Literal["nomic-project-v1", "nomic-project-v2", "umap"] | None = None
 
 
 ProjectionOptions = NomicProjectOptions
