@@ -1,12 +1,14 @@
 """The shared k-nearest-neighbour graph, computed once and reused downstream.
 
-Exact by blocked matrix products up to tens of thousands of rows, HNSW (faiss) beyond. Vectors
-are L2-normalised, so inner product is cosine similarity and distances are cosine distances
-``1 - cos`` in ``[0, 2]``.
+Exact by blocked matrix products up to tens of thousands of rows (on CPUs without bfloat16 in
+hardware, 10k; from there to 50k a search of nearby k-means cells by matrix products), HNSW
+(faiss) beyond. Vectors are L2-normalised, so inner product is cosine similarity and distances
+are cosine distances ``1 - cos`` in ``[0, 2]``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from functools import cache
 
 import numba
 import numpy as np
+import scipy.sparse
 
 # Up to this many rows the exact search costs no more than HNSW, whose 15-NN recall is 0.93 to
 # 0.96. With bfloat16 matrix products in hardware (AMX or AVX512-BF16) that holds to the second
@@ -34,6 +37,16 @@ _CHUNK = 64
 _ORDER_FROM = 50_000
 _ORDER_CELLS = 256
 _BLOCK_ROWS = 65_536
+# Set to 0 to turn the bfloat16 products off on a CPU that has them (benchmarks measure the
+# CPUs without them this way).
+BF16_ENV = "ATLAS_KNN_BF16"
+# The cell search (``_cell_search``): k-means cells of about _CELL_ROWS rows; each cell's rows
+# are compared, by float32 matrix products, with the rows of the _PROBE cells their own nearest
+# cells name most often, then each row's list is refined once from its first _REFINE neighbours'
+# first _REFINE neighbours. See ``_cell_search`` for what that costs and finds.
+_CELL_ROWS = 256
+_PROBE = 12
+_REFINE = 10
 
 
 @dataclass(frozen=True)
@@ -59,10 +72,17 @@ def _as_float32(vectors: np.ndarray) -> np.ndarray:
     return arr
 
 
-@cache
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (x86 AVX512-BF16, which every
-    AMX CPU also has); elsewhere torch emulates them more slowly than float32."""
+    AMX CPU also has); elsewhere torch emulates them more slowly than float32. The environment
+    variable ``ATLAS_KNN_BF16=0`` answers no, to measure or reproduce the portable path."""
+    if os.environ.get(BF16_ENV, "").strip() == "0":
+        return False
+    return _cpu_has_bf16()
+
+
+@cache
+def _cpu_has_bf16() -> bool:
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # a NumPy that moved it: stay on the portable path
@@ -230,6 +250,112 @@ def _exact_search(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return indices, distances
 
 
+def _spherical_kmeans(vectors: np.ndarray, cells: int, seed: int = 0) -> np.ndarray:
+    """``cells`` unit centroids of ``vectors`` from ten k-means rounds on a seeded sample of 64
+    rows a cell (NumPy only, so the same vectors and seed give the same cells)."""
+    rng = np.random.default_rng(seed)
+    n = vectors.shape[0]
+    sample = vectors[np.sort(rng.choice(n, min(n, cells * 64), replace=False))]
+    centroids = sample[rng.choice(sample.shape[0], cells, replace=False)]
+    for _ in range(10):
+        nearest = (sample @ centroids.T).argmax(axis=1)
+        members = scipy.sparse.csr_matrix(
+            (np.ones(len(nearest), np.float32), (nearest, np.arange(len(nearest)))),
+            shape=(cells, len(nearest)),
+        )
+        sums = members @ sample  # each cell's sum, as a product (np.add.at is slow)
+        empty = ~sums.any(axis=1)
+        sums[empty] = centroids[empty]  # a cell that lost every row keeps its centroid
+        centroids = sums / np.linalg.norm(sums, axis=1, keepdims=True)
+    return np.ascontiguousarray(centroids, dtype=np.float32)
+
+
+@numba.njit(parallel=True, cache=True)
+def _merge_block(sims, cols, rows, best, ids):
+    """Merge each row of the similarity block ``sims`` (columns ``cols``) into the descending
+    lists ``best[rows[r]]`` (with ids in ``ids``): a value only costs a comparison unless it
+    beats the list's last."""
+    k = best.shape[1]
+    for r in numba.prange(sims.shape[0]):
+        top = best[rows[r]]
+        found = ids[rows[r]]
+        for j in range(sims.shape[1]):
+            if sims[r, j] > top[k - 1]:
+                _insert(top, sims[r, j], found, cols[j])
+
+
+# Reassociation lets the dot products vectorise (the lists start at -inf: no full fastmath).
+@numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+def _refine(vectors, ids, best, width, out_ids, out_best):
+    """One round of neighbour-of-neighbour search: each row's list (``ids``, similarities
+    ``best``, descending) merged with the first ``width`` neighbours of its first ``width``
+    neighbours, into ``out_*``. Reads only the old lists, so the result does not depend on the
+    order rows are done in."""
+    k = ids.shape[1]
+    for i in numba.prange(ids.shape[0]):
+        top = out_best[i]
+        found = out_ids[i]
+        top[:] = best[i]
+        found[:] = ids[i]
+        for a in range(min(width, k)):
+            near = ids[i, a]
+            if near < 0:
+                continue
+            for b in range(min(width, k)):
+                j = ids[near, b]
+                if j < 0:
+                    continue
+                seen = False
+                for c in range(k):
+                    if found[c] == j:
+                        seen = True
+                        break
+                if seen:
+                    continue
+                acc = np.float32(0.0)
+                for t in range(vectors.shape[1]):
+                    acc += vectors[i, t] * vectors[j, t]
+                _insert(top, acc, found, j)
+
+
+def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's ``k`` nearest rows (itself included), approximately, by float32 matrix
+    products between nearby k-means cells: the search for CPUs without bfloat16 in hardware.
+
+    Rows are grouped by their nearest centroid; each group is compared with every row of the
+    ``_PROBE`` cells that its rows' own ``_PROBE`` nearest centroids name most often (the
+    group's own first), about a sixth of all pairs at 20k rows, and one round of
+    neighbour-of-neighbour search (``_refine``) then finds most of what that missed. The
+    products run at the speed of a dense matrix product, which no graph walk does.
+    """
+    n = vectors.shape[0]
+    cells = max(n // _CELL_ROWS, 1)
+    probe = min(_PROBE, cells)
+    centroids = _spherical_kmeans(vectors, cells, seed)
+    nearest = np.empty((n, probe), np.int64)
+    for start in range(0, n, _BLOCK_ROWS):
+        sims = vectors[start : start + _BLOCK_ROWS] @ centroids.T
+        top = np.argpartition(-sims, probe - 1, axis=1)[:, :probe]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        nearest[start : start + _BLOCK_ROWS] = np.take_along_axis(top, order, axis=1)
+    by_cell = np.argsort(nearest[:, 0], kind="stable")
+    bounds = np.searchsorted(nearest[by_cell, 0], np.arange(cells + 1))
+    best = np.full((n, k), -np.inf, np.float32)
+    ids = np.full((n, k), -1, np.int64)
+    for cell in range(cells):
+        rows = by_cell[bounds[cell] : bounds[cell + 1]]
+        if not len(rows):
+            continue
+        votes = np.bincount(nearest[rows].ravel(), minlength=cells)
+        votes[cell] = len(rows) * probe  # the group's own cell always
+        probed = np.argsort(-votes, kind="stable")[:probe]
+        cols = np.concatenate([by_cell[bounds[c] : bounds[c + 1]] for c in probed])
+        _merge_block(vectors[rows] @ vectors[cols].T, cols, rows, best, ids)
+    refined_ids, refined = np.empty_like(ids), np.empty_like(best)
+    _refine(vectors, ids, best, _REFINE, refined_ids, refined)
+    return refined_ids, 1.0 - refined
+
+
 def build_index(vectors: np.ndarray, *, exact_limit: int = EXACT_SEARCH_LIMIT):
     """A faiss inner-product index: exact up to ``exact_limit`` rows, HNSW above."""
     import faiss
@@ -315,6 +441,8 @@ def knn_graph(vectors: np.ndarray, k: int, *, exact_limit: int | None = None) ->
         exact_limit = default_exact_limit()
     if n <= exact_limit:
         idx, dist = _exact_search(arr, min(k + 1, n))
+    elif n < _ORDER_FROM and not native_bf16():
+        idx, dist = _cell_search(arr, min(k + 1, n))
     elif n < _ORDER_FROM:
         idx, dist = search(build_index(arr, exact_limit=exact_limit), arr, min(k + 1, n))
     else:
