@@ -45,7 +45,7 @@ BF16_ENV = "ATLAS_KNN_BF16"
 # cells name most often, then each row's list is refined once from its first _REFINE neighbours'
 # first _REFINE neighbours. See ``_cell_search`` for what that costs and finds.
 _CELL_ROWS = 256
-_PROBE = 12
+_PROBE = 4
 _REFINE = 10
 
 
@@ -271,17 +271,25 @@ def _spherical_kmeans(vectors: np.ndarray, cells: int, seed: int = 0) -> np.ndar
 
 
 @numba.njit(parallel=True, cache=True)
-def _merge_block(sims, cols, rows, best, ids):
-    """Merge each row of the similarity block ``sims`` (columns ``cols``) into the descending
-    lists ``best[rows[r]]`` (with ids in ``ids``): a value only costs a comparison unless it
-    beats the list's last."""
+def _merge_block(sims, first, cols, skip, best, ids):
+    """Merge a block of similarities between rows ``first, first + 1, ...`` and rows ``cols``
+    into both sides' descending lists ``best`` (ids in ``ids``): each block row takes every
+    column as a candidate, and each column from ``skip`` on takes every block row (the first
+    ``skip`` columns are the block rows themselves). A value costs a comparison unless it beats
+    the list's last; every list is written by one thread."""
     k = best.shape[1]
     for r in numba.prange(sims.shape[0]):
-        top = best[rows[r]]
-        found = ids[rows[r]]
+        top = best[first + r]
+        found = ids[first + r]
         for j in range(sims.shape[1]):
             if sims[r, j] > top[k - 1]:
                 _insert(top, sims[r, j], found, cols[j])
+    for j in numba.prange(skip, sims.shape[1]):
+        top = best[cols[j]]
+        found = ids[cols[j]]
+        for r in range(sims.shape[0]):
+            if sims[r, j] > top[k - 1]:
+                _insert(top, sims[r, j], found, first + r)
 
 
 # Reassociation lets the dot products vectorise (the lists start at -inf: no full fastmath).
@@ -322,11 +330,11 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
     """Every row's ``k`` nearest rows (itself included), approximately, by float32 matrix
     products between nearby k-means cells: the search for CPUs without bfloat16 in hardware.
 
-    Rows are grouped by their nearest centroid; each group is compared with every row of the
-    ``_PROBE`` cells that its rows' own ``_PROBE`` nearest centroids name most often (the
-    group's own first), about a sixth of all pairs at 20k rows, and one round of
-    neighbour-of-neighbour search (``_refine``) then finds most of what that missed. The
-    products run at the speed of a dense matrix product, which no graph walk does.
+    Each row names its ``_PROBE`` nearest centroids; every pair of cells that some row of one
+    names the other is compared whole, by one matrix product whose result serves the rows of
+    both cells. One round of neighbour-of-neighbour search (``_refine``) then finds some of
+    what that missed. The products run at the speed of a dense matrix product, which no graph
+    walk does. See ``benchmarks/project.py`` for its cost and recall.
     """
     n = vectors.shape[0]
     cells = max(n // _CELL_ROWS, 1)
@@ -338,22 +346,28 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
         top = np.argpartition(-sims, probe - 1, axis=1)[:, :probe]
         order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
         nearest[start : start + _BLOCK_ROWS] = np.take_along_axis(top, order, axis=1)
+    # Rows in cell order, so that each cell is a slice; every cell pair once, lower cell first.
     by_cell = np.argsort(nearest[:, 0], kind="stable")
     bounds = np.searchsorted(nearest[by_cell, 0], np.arange(cells + 1))
+    ordered = vectors[by_cell]
+    own = np.repeat(nearest[:, :1], probe, axis=1).ravel()
+    pairs = np.unique(np.minimum(own, nearest.ravel()) * cells + np.maximum(own, nearest.ravel()))
     best = np.full((n, k), -np.inf, np.float32)
     ids = np.full((n, k), -1, np.int64)
     for cell in range(cells):
-        rows = by_cell[bounds[cell] : bounds[cell + 1]]
-        if not len(rows):
+        first, last = bounds[cell], bounds[cell + 1]
+        if first == last:
             continue
-        votes = np.bincount(nearest[rows].ravel(), minlength=cells)
-        votes[cell] = len(rows) * probe  # the group's own cell always
-        probed = np.argsort(-votes, kind="stable")[:probe]
-        cols = np.concatenate([by_cell[bounds[c] : bounds[c + 1]] for c in probed])
-        _merge_block(vectors[rows] @ vectors[cols].T, cols, rows, best, ids)
+        partners = pairs[pairs // cells == cell] % cells  # ascending: the cell itself first
+        cols = np.concatenate([np.arange(bounds[c], bounds[c + 1]) for c in partners])
+        _merge_block(ordered[first:last] @ ordered[cols].T, first, cols, last - first, best, ids)
     refined_ids, refined = np.empty_like(ids), np.empty_like(best)
-    _refine(vectors, ids, best, _REFINE, refined_ids, refined)
-    return refined_ids, 1.0 - refined
+    _refine(ordered, ids, best, _REFINE, refined_ids, refined)
+    indices = np.empty_like(refined_ids)
+    indices[by_cell] = np.where(refined_ids >= 0, by_cell[refined_ids], -1)  # back to row ids
+    distances = np.empty_like(refined)
+    distances[by_cell] = 1.0 - refined
+    return indices, distances
 
 
 def build_index(vectors: np.ndarray, *, exact_limit: int = EXACT_SEARCH_LIMIT):
