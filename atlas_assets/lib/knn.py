@@ -40,13 +40,16 @@ _BLOCK_ROWS = 65_536
 # Set to 0 to turn the bfloat16 products off on a CPU that has them (benchmarks measure the
 # CPUs without them this way).
 BF16_ENV = "ATLAS_KNN_BF16"
-# The cell search (``_cell_search``): k-means cells of about _CELL_ROWS rows; each cell's rows
-# are compared, by float32 matrix products, with the rows of the _PROBE cells their own nearest
-# cells name most often, then each row's list is refined once from its first _REFINE neighbours'
-# first _REFINE neighbours. See ``_cell_search`` for what that costs and finds.
+# The cell search (``_cell_search``), for CPUs without bfloat16 products from EXACT_SEARCH_LIMIT
+# rows to _ORDER_FROM: k-means cells of about _CELL_ROWS rows; each row names its _PROBE nearest
+# cells, and each cell's rows are compared with every row of the cells that _MIN_VOTES of its
+# rows name (or that name it as often); then each row's list is refined once from its first
+# _REFINE neighbours' first _REFINE neighbours.
 _CELL_ROWS = 256
-_PROBE = 4
+_PROBE = 3
 _REFINE = 10
+_MIN_VOTES = 3
+_LANES = 16  # float32 values per screening step: one AVX-512 register, or two AVX2 ones
 
 
 @dataclass(frozen=True)
@@ -270,26 +273,45 @@ def _spherical_kmeans(vectors: np.ndarray, cells: int, seed: int = 0) -> np.ndar
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
-@numba.njit(parallel=True, cache=True)
-def _merge_block(sims, first, cols, skip, best, ids):
-    """Merge a block of similarities between rows ``first, first + 1, ...`` and rows ``cols``
-    into both sides' descending lists ``best`` (ids in ``ids``): each block row takes every
-    column as a candidate, and each column from ``skip`` on takes every block row (the first
-    ``skip`` columns are the block rows themselves). A value costs a comparison unless it beats
-    the list's last; every list is written by one thread."""
+# No NaNs (similarities of finite unit vectors) is what lets the screening maxima vectorise.
+@numba.njit(parallel=True, fastmath={"nnan", "nsz", "reassoc"}, cache=True)
+def _search_cells(search, bounds, partner_bounds, partners, best, ids):
+    """For each cell (rows ``bounds[c]:bounds[c + 1]`` of ``search``) in parallel, the product
+    of its rows with every row of its ``partners[partner_bounds[c]:partner_bounds[c + 1]]``
+    cells, merged into its rows' lists. One thread owns a cell's rows, so no list is shared;
+    BLAS runs on that thread alone.
+
+    Each row's values are screened ``_LANES`` at a time against its list's last entry, in a
+    loop the compiler vectorises, and few get further.
+    """
     k = best.shape[1]
-    for r in numba.prange(sims.shape[0]):
-        top = best[first + r]
-        found = ids[first + r]
-        for j in range(sims.shape[1]):
-            if sims[r, j] > top[k - 1]:
-                _insert(top, sims[r, j], found, cols[j])
-    for j in numba.prange(skip, sims.shape[1]):
-        top = best[cols[j]]
-        found = ids[cols[j]]
+    for c in numba.prange(bounds.shape[0] - 1):
+        first, last = bounds[c], bounds[c + 1]
+        if first == last:
+            continue
+        total = 0
+        for p in range(partner_bounds[c], partner_bounds[c + 1]):
+            total += bounds[partners[p] + 1] - bounds[partners[p]]
+        cols = np.empty(total, np.int64)
+        at = 0
+        for p in range(partner_bounds[c], partner_bounds[c + 1]):
+            for j in range(bounds[partners[p]], bounds[partners[p] + 1]):
+                cols[at] = j
+                at += 1
+        sims = np.dot(search[first:last], np.ascontiguousarray(search[cols].T))
+        width = sims.shape[1]
         for r in range(sims.shape[0]):
-            if sims[r, j] > top[k - 1]:
-                _insert(top, sims[r, j], found, first + r)
+            top = best[first + r]
+            found = ids[first + r]
+            for lo in range(0, width, _LANES):
+                hi = min(lo + _LANES, width)
+                peak = np.float32(-np.inf)
+                for j in range(lo, hi):
+                    peak = max(peak, sims[r, j])
+                if peak > top[k - 1]:
+                    for j in range(lo, hi):
+                        if sims[r, j] > top[k - 1]:
+                            _insert(top, sims[r, j], found, cols[j])
 
 
 # Reassociation lets the dot products vectorise (the lists start at -inf: no full fastmath).
@@ -330,13 +352,19 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
     """Every row's ``k`` nearest rows (itself included), approximately, by float32 matrix
     products between nearby k-means cells: the search for CPUs without bfloat16 in hardware.
 
-    Each row names its ``_PROBE`` nearest centroids; every pair of cells that some row of one
-    names the other is compared whole, by one matrix product whose result serves the rows of
-    both cells. One round of neighbour-of-neighbour search (``_refine``) then finds some of
-    what that missed. The products run at the speed of a dense matrix product, which no graph
-    walk does. See ``benchmarks/project.py`` for its cost and recall.
+    Each row names its ``_PROBE`` nearest centroids, and each cell is compared whole with every
+    cell that at least ``_MIN_VOTES`` of its rows name or that names it as often, in parallel
+    over cells. The products run on the vectors' top ``_search_dims`` principal axes and keep
+    ``_candidates(k)`` per row; float32 dot products of the full vectors rank those
+    (``_rerank``), and one round of neighbour-of-neighbour search (``_refine``) finds some of
+    what the cells missed.
+
+    On the benchmark's 20k rows (9,600 MiniLM vectors of AG News and arXiv, the rest generated)
+    it found 97.7% of the exact 30 neighbours in 0.96 s of one core, where HNSW found 97.4% in
+    about 2 s. Probing 4 cells, or all dimensions, found 98 to 99% for 30 to 70% more time;
+    without the principal axes the products cost three times as much.
     """
-    n = vectors.shape[0]
+    n, dim = vectors.shape
     cells = max(n // _CELL_ROWS, 1)
     probe = min(_PROBE, cells)
     centroids = _spherical_kmeans(vectors, cells, seed)
@@ -346,28 +374,60 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
         top = np.argpartition(-sims, probe - 1, axis=1)[:, :probe]
         order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
         nearest[start : start + _BLOCK_ROWS] = np.take_along_axis(top, order, axis=1)
-    # Rows in cell order, so that each cell is a slice; every cell pair once, lower cell first.
+    # Rows in cell order, so that each cell is a slice of ``ordered``.
     by_cell = np.argsort(nearest[:, 0], kind="stable")
     bounds = np.searchsorted(nearest[by_cell, 0], np.arange(cells + 1))
     ordered = vectors[by_cell]
+    # Cell pairs (a, b) where a row of a names b, both ways round, sorted; each cell's own
+    # first among its partners, since most neighbours are there: its rows' lists fill with
+    # near rows early and later columns are mostly screened out.
     own = np.repeat(nearest[:, :1], probe, axis=1).ravel()
-    pairs = np.unique(np.minimum(own, nearest.ravel()) * cells + np.maximum(own, nearest.ravel()))
-    best = np.full((n, k), -np.inf, np.float32)
-    ids = np.full((n, k), -1, np.int64)
-    for cell in range(cells):
-        first, last = bounds[cell], bounds[cell + 1]
-        if first == last:
-            continue
-        partners = pairs[pairs // cells == cell] % cells  # ascending: the cell itself first
-        cols = np.concatenate([np.arange(bounds[c], bounds[c + 1]) for c in partners])
-        _merge_block(ordered[first:last] @ ordered[cols].T, first, cols, last - first, best, ids)
-    refined_ids, refined = np.empty_like(ids), np.empty_like(best)
-    _refine(ordered, ids, best, _REFINE, refined_ids, refined)
+    named = nearest.ravel()
+    pairs, votes = np.unique(
+        np.concatenate([own * cells + named, named * cells + own]), return_counts=True
+    )
+    # A pair that only a handful of rows name costs a whole block for them: _refine's part.
+    pairs = pairs[(votes >= _MIN_VOTES) | (pairs // cells == pairs % cells)]
+    first_cell, partners = pairs // cells, pairs % cells
+    order = np.lexsort((partners, partners != first_cell, first_cell))
+    partner_bounds = np.searchsorted(first_cell[order], np.arange(cells + 1))
+    partners = partners[order]
+
+    dims = _search_dims(dim)
+    search = ordered @ _principal_axes(ordered, dims) if dims < dim else ordered
+    width = min(_candidates(k), n)
+    best = np.full((n, width), -np.inf, np.float32)
+    ids = np.full((n, width), -1, np.int64)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # the cells run in parallel, not BLAS
+        _search_cells(np.ascontiguousarray(search), bounds, partner_bounds, partners, best, ids)
+    top_ids, top = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+    _rerank(ordered, np.sort(ids, axis=1), top_ids, top)  # gives distances: back to similarities
+    refined_ids, refined = np.empty_like(top_ids), np.empty_like(top)
+    _refine(ordered, top_ids, 1.0 - top, _REFINE, refined_ids, refined)
     indices = np.empty_like(refined_ids)
     indices[by_cell] = np.where(refined_ids >= 0, by_cell[refined_ids], -1)  # back to row ids
     distances = np.empty_like(refined)
     distances[by_cell] = 1.0 - refined
     return indices, distances
+
+
+def _search_dims(dim: int) -> int:
+    """Dimensions the cell search's products use: a third, at least 128 (MiniLM's 384 -> 128:
+    recall 0.989 against 0.996 with every dimension at 9,600 rows, for a third of the work)."""
+    return min(dim, max(128, dim // 3))
+
+
+def _principal_axes(vectors: np.ndarray, dims: int) -> np.ndarray:
+    """``(d, dims)`` float32: the top eigenvectors of ``vectors``' second moments (not centred:
+    these keep dot products best), summed over blocks of rows."""
+    scatter = np.zeros((vectors.shape[1], vectors.shape[1]))
+    for start in range(0, vectors.shape[0], _BLOCK_ROWS):
+        block = vectors[start : start + _BLOCK_ROWS]
+        scatter += (block.T @ block).astype(np.float64)
+    _, axes = np.linalg.eigh(scatter)
+    return np.ascontiguousarray(axes[:, ::-1][:, :dims], dtype=np.float32)
 
 
 def build_index(vectors: np.ndarray, *, exact_limit: int = EXACT_SEARCH_LIMIT):
@@ -444,8 +504,10 @@ def knn_graph(vectors: np.ndarray, k: int, *, exact_limit: int | None = None) ->
     """The ``k``-nearest-neighbour graph of normalised ``vectors``, excluding each row itself.
 
     Exact up to ``exact_limit`` rows (by default ``default_exact_limit()``: 50k rows where the
-    CPU has bfloat16 in hardware, else 10k); above, HNSW (see ``build_index``), from 50k rows
-    visited in an order that keeps its memory reads local.
+    CPU has bfloat16 in hardware, else 10k). Above, up to 50k rows on a CPU without bfloat16
+    products, the k-means cell search (``_cell_search``: about 98% of the neighbours, twice
+    as fast as HNSW); otherwise HNSW (see ``build_index``), from 50k rows visited in an order
+    that keeps its memory reads local.
     """
     arr = _as_float32(vectors)
     n = arr.shape[0]
