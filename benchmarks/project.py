@@ -22,9 +22,11 @@ umap-learn skips pynndescent), so the timed runs exclude numba's JIT compile, py
 included, and importing umap and torch (which the pipeline has loaded for the embedding model by
 the time it builds the kNN graph); the warm-up times are shown. Quality is
 trustworthiness@15 (``sklearn.manifold.trustworthiness``, euclidean on the unit vectors) on the
-same random subsample of 5,000 rows for both; where both paths ran, the table also gives the
-portable path's kNN recall against the bfloat16 path's exact graph. ``--epochs 50,100`` adds our
-projection with other epoch counts (same kNN graph) to the table.
+same random subsample of 5,000 rows for both. ``--repeat N`` runs N rounds of umap-learn and
+ours in turn and keeps each one's fastest (on a busy machine a single run can be off by a factor
+of three either way); quality comes from the first round. Where both paths ran, the table also
+gives the portable path's kNN recall against the bfloat16 path's exact graph. ``--epochs 50,100``
+adds our projection with other epoch counts (same kNN graph) to the table.
 
 The last line reads ``project: <rows, seconds, bf16_on=<ratio>x/<trust> bf16_off=<ratio>x/<trust>,
 cpu_ratio=the same ratio in process CPU seconds> ratio=<umap seconds / our seconds, the worse
@@ -150,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="3,000 rows, cached vectors only")
     parser.add_argument("--n", type=int, default=None, help="rows (default 20,000; quick 3,000)")
     parser.add_argument("--epochs", default="", help="extra epoch counts of ours, e.g. 50,100")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of umap and ours; each keeps its fastest"
+    )
     args = parser.parse_args(argv)
     n = args.n or (3_000 if args.quick else 20_000)
 
@@ -192,14 +197,26 @@ def main(argv: Sequence[str] | None = None) -> str:
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(latent), size=min(TRUST_SAMPLE, len(latent)), replace=False))
     rows = []
-    ref, t_ref = timed(lambda: baseline(latent))
+    # Each round runs umap-learn and then each path of ours, so that a busy spell of the machine
+    # hits them alike; each keeps its fastest round (wall clock), and quality from its first.
+    best: dict[object, tuple] = {}
+    for _ in range(args.repeat):
+        out, t = timed(lambda: baseline(latent))
+        if "umap" not in best or t.seconds < best["umap"][1].seconds:
+            best["umap"] = (best.get("umap", (out,))[0], t)
+        for bf16 in paths:
+            with bf16_products(bf16):
+                run, t = timed(lambda: ours(latent))
+            if bf16 not in best or run[1] + run[2] < best[bf16][0][1] + best[bf16][0][2]:
+                first = best.get(bf16, (run,))[0]
+                best[bf16] = ((first[0], run[1], run[2], first[3]), t)
+    ref, t_ref = best["umap"]
     t_base = t_ref.seconds
     trust_base = trust(latent, ref, sample)
     rows.append(["umap.UMAP() defaults", t_base, t_ref.cpu, "", "", 1.0, trust_base, ""])
     figures, graphs, cpu = {}, {}, {}
     for bf16 in paths:
-        with bf16_products(bf16):
-            (coords, t_knn, t_proj, graphs[bf16]), t_all = timed(lambda: ours(latent))
+        (coords, t_knn, t_proj, graphs[bf16]), t_all = best[bf16]
         figures[bf16] = (t_base / (t_knn + t_proj), trust(latent, coords, sample), t_knn + t_proj)
         cpu[bf16] = t_all.cpu
         rows.append(
