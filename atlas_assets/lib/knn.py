@@ -46,8 +46,9 @@ BF16_ENV = "ATLAS_KNN_BF16"
 # rows name it); then each row's list is refined once from its first _REFINE neighbours' first
 # _REFINE neighbours.
 _CELL_ROWS = 256
-_PROBE = 3
+_PROBE = 2
 _REFINE = 10
+_AXES_SAMPLE = 8_192  # rows that estimate the principal axes
 _LANES = 16  # float32 values per screening step: one AVX-512 register, or two AVX2 ones
 
 
@@ -368,10 +369,9 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
     neighbour-of-neighbour search (``_refine``) finds some of what the cells missed.
 
     On the benchmark's 20k rows (9,600 MiniLM vectors of AG News and arXiv, the rest generated)
-    it found 98.1% of the exact 30 neighbours in 1.3 to 1.6 s of CPU time, where HNSW found
-    97.7% in 2.8 to 3.4 s; the map's trustworthiness was that of the exact graph's (within the
-    0.005 that seeds move it). Skipping the cell pairs that fewer than 3 rows name saved a
-    fifth of the time for 97.7%; all dimensions instead of 128 cost 70% more for 99%.
+    it found 97.6% of the exact 30 neighbours in 0.53 to 0.56 s on two quiet AVX-512 cores,
+    where HNSW found 97.7% in 0.68 to 0.73 s. Naming 3 cells found 97.8% in 0.67 to 0.77 s;
+    96 axes instead of 128 lost 2% of the neighbours. On a busy machine both vary far more.
     """
     n, dim = vectors.shape
     cells = max(n // _CELL_ROWS, 1)
@@ -399,7 +399,11 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
     partners = partners[order]
 
     dims = _search_dims(dim)
-    search = ordered @ _principal_axes(ordered, dims) if dims < dim else ordered
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # a 384 x 384 eigh took 0.9 s on two threads
+        axes = _principal_axes(ordered, dims, seed) if dims < dim else None
+    search = ordered @ axes if axes is not None else ordered
     width = min(_candidates(k), n)
     best = np.full((n, width), -np.inf, np.float32)
     ids = np.full((n, width), -1, np.int64)
@@ -417,18 +421,19 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
 
 def _search_dims(dim: int) -> int:
     """Dimensions the cell search's products use: a third, at least 128 (MiniLM's 384 -> 128:
-    recall 0.989 against 0.996 with every dimension at 9,600 rows, for a third of the work)."""
+    recall 0.989 against 0.996 with every dimension at 9,600 rows, for a third of the products;
+    96 lost another 2%)."""
     return min(dim, max(128, dim // 3))
 
 
-def _principal_axes(vectors: np.ndarray, dims: int) -> np.ndarray:
-    """``(d, dims)`` float32: the top eigenvectors of ``vectors``' second moments (not centred:
-    these keep dot products best), summed over blocks of rows."""
-    scatter = np.zeros((vectors.shape[1], vectors.shape[1]))
-    for start in range(0, vectors.shape[0], _BLOCK_ROWS):
-        block = vectors[start : start + _BLOCK_ROWS]
-        scatter += (block.T @ block).astype(np.float64)
-    _, axes = np.linalg.eigh(scatter)
+def _principal_axes(vectors: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
+    """``(d, dims)`` float32: the top eigenvectors of the second moments (not centred: these
+    keep dot products best) of a seeded sample of ``vectors``' rows, which estimates them as
+    well as all rows do."""
+    rng = np.random.default_rng(seed)
+    n = vectors.shape[0]
+    sample = vectors[np.sort(rng.choice(n, min(n, _AXES_SAMPLE), replace=False))]
+    _, axes = np.linalg.eigh((sample.T @ sample).astype(np.float64))
     return np.ascontiguousarray(axes[:, ::-1][:, :dims], dtype=np.float32)
 
 
@@ -507,9 +512,9 @@ def knn_graph(vectors: np.ndarray, k: int, *, exact_limit: int | None = None) ->
 
     Exact up to ``exact_limit`` rows (by default ``default_exact_limit()``: 50k rows where the
     CPU has bfloat16 in hardware, else 10k). Above, up to 50k rows on a CPU without bfloat16
-    products, the k-means cell search (``_cell_search``: about 98% of the neighbours, twice
-    as fast as HNSW); otherwise HNSW (see ``build_index``), from 50k rows visited in an order
-    that keeps its memory reads local.
+    products, the k-means cell search (``_cell_search``: HNSW's recall, about 98% of the
+    neighbours, in a fifth less time); otherwise HNSW (see ``build_index``), from 50k rows
+    visited in an order that keeps its memory reads local.
     """
     arr = _as_float32(vectors)
     n = arr.shape[0]
