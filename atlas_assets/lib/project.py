@@ -229,9 +229,10 @@ def project(
       umap-learn's (200 above 10k rows, else 500).
     * ``"umap"``: umap-learn itself (``umap.UMAP(precomputed_knn=...)``, same parameters,
       ``random_state=seed``), the reference implementation, with its spectral start. It costs
-      more: umap-learn's numba functions are compiled afresh in every process (5 to 10 s before
-      the first map), and a seeded umap-learn lays out on one thread (at 20k rows about 3x our
-      time, compile excluded).
+      more: umap-learn's numba functions are compiled afresh in every process, and a seeded
+      umap-learn lays out on one thread. On 2,000 arXiv abstracts it took 6.8 s the first time
+      in a process and 1.5 s after, against our 0.25 s, for trustworthiness@15 0.943 against
+      our 0.950.
     """
     n = latent.shape[0]
     if n < _MIN_UMAP_ROWS:
