@@ -202,3 +202,58 @@ def test_a_static_latent_never_reuses_transformer_vectors(store, arxiv, static_m
 
     second = latent_metadata()
     assert second["embedded_now"] == 0 and second["from_cache"] == len(texts)
+
+
+def test_projection_model_umap_runs_umap_learn_and_records_it(store, arxiv):
+    """``projection={"model": "umap"}`` lays the map out with umap-learn itself, over the map's
+    own kNN graph: on real abstracts its map keeps neighbours about as well as ours does, and
+    the projected resource records which implementation ran."""
+    from sklearn.manifold import trustworthiness
+
+    from atlas_assets.lib.knn import KnnGraph
+    from atlas_assets.lib.project import project
+    from atlas_assets.store.files import matrix, read_arrow
+
+    frame = arxiv.head(150)
+    ds = AtlasDataset("umap-ref", unique_id_field="arxiv_id")
+    ds.add_data(frame)
+    atlas_map = ds.create_index(
+        indexed_field="abstract",
+        projection={"model": "umap", "n_neighbors": 10, "seed": 3},
+        topic_model=False,
+        duplicate_detection=False,
+    )
+    params = resource_info(ds._paths.resource("projected"))["params"]
+    assert params["model"] == "umap" and params["layout"].startswith("umap-learn 0.5")
+    theirs = atlas_map.embeddings.projected[["x", "y"]].to_numpy()
+    assert theirs.shape == (150, 2) and np.isfinite(theirs).all()
+
+    latent = np.asarray(atlas_map.embeddings.latent)
+    table = read_arrow(ds._paths.resource("knn_graph"))
+    knn = KnnGraph(matrix(table.column("neighbors")), matrix(table.column("distances")))
+    again = project(latent, knn, n_neighbors=10, seed=3, model="umap")
+    np.testing.assert_array_equal(again, theirs)  # seeded umap-learn: the same map again
+    ours = project(latent, knn, n_neighbors=10, seed=3)
+    assert not np.allclose(ours, theirs)  # another implementation did run
+    trust_theirs = trustworthiness(latent, theirs, n_neighbors=10)
+    trust_ours = trustworthiness(latent, ours, n_neighbors=10)
+    assert trust_theirs > 0.85 and abs(trust_theirs - trust_ours) < 0.03
+
+
+def test_projection_default_records_our_layout_and_refuses_a_short_graph(store, arxiv):
+    """The default layout is recorded as ours; a kNN graph with fewer neighbours than
+    ``n_neighbors`` needs is an error naming both, not a quietly smaller neighbourhood."""
+    from atlas_assets.lib.knn import knn_graph
+    from atlas_assets.lib.project import project
+
+    frame = arxiv.head(40)
+    ds = byo_dataset("ours", frame, 16)
+    assert materialize("ours", {"dataset", "latent", "knn_graph", "projected"}).success
+    params = resource_info(dataset_paths("ours").resource("projected"))["params"]
+    assert params["model"] is None and params["layout"] == "atlas-assets"
+
+    latent = np.asarray(ds.maps[0].embeddings.latent)
+    short = knn_graph(latent, 5)
+    for model in (None, "umap"):
+        with pytest.raises(ValueError, match="n_neighbors=15 needs 14 neighbours per row"):
+            project(latent, short, n_neighbors=15, model=model)

@@ -115,7 +115,10 @@ def test_knn_graph_reads_a_read_only_latent_without_warnings(monkeypatch):
     assert graph.indices.shape == (300, 5)
 
 
-def test_knn_graph_hnsw_path_has_high_recall():
+def test_knn_graph_hnsw_path_has_high_recall(monkeypatch):
+    from atlas_assets.lib import knn
+
+    monkeypatch.setattr(knn, "native_bf16", lambda: True)  # HNSW, not the cell search
     rng = np.random.default_rng(1)
     vectors = unit(rng, 2000, 16)
     exact = knn_graph(vectors, 10)
@@ -129,6 +132,7 @@ def test_knn_graph_hnsw_path_has_high_recall():
 def test_knn_graph_in_locality_order_maps_back_to_row_ids(monkeypatch):
     from atlas_assets.lib import knn
 
+    monkeypatch.setattr(knn, "native_bf16", lambda: True)  # HNSW, not the cell search
     monkeypatch.setattr(knn, "_ORDER_FROM", 0)  # built and searched cell by cell, as from 50k
     monkeypatch.setattr(knn, "_BLOCK_ROWS", 300)  # and in several blocks
     rng = np.random.default_rng(2)
@@ -143,6 +147,81 @@ def test_knn_graph_in_locality_order_maps_back_to_row_ids(monkeypatch):
         [len(set(a) & set(b)) / 10 for a, b in zip(exact.indices, approx.indices, strict=True)]
     )
     assert recall > 0.9
+
+
+def test_bf16_products_can_be_turned_off(monkeypatch):
+    """``ATLAS_KNN_BF16=0`` puts a CPU with bfloat16 in hardware on the portable path."""
+    from atlas_assets.lib import knn
+
+    monkeypatch.setenv(knn.BF16_ENV, "0")
+    assert not knn.native_bf16() and knn.default_exact_limit() == knn.EXACT_SEARCH_LIMIT
+    monkeypatch.setenv(knn.BF16_ENV, "1")
+    assert knn.native_bf16() == knn._cpu_has_bf16()
+
+
+def clustered(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:
+    """Unit vectors in 384-d, in 40 overlapping clusters, as sentence embeddings."""
+    centres = rng.normal(size=(40, 384))
+    return normalize(centres[rng.integers(0, 40, n)] + spread * rng.normal(size=(n, 384)))
+
+
+def test_cell_search_finds_nearly_every_neighbour_with_true_distances(monkeypatch):
+    """Without bfloat16 products, rows past the exact limit are searched by k-means cells: the
+    float64 brute force confirms the distances reported and that nearly all neighbours are
+    found; the graph is the same on one thread or two."""
+    import numba
+
+    from atlas_assets.lib import knn
+
+    monkeypatch.setenv(knn.BF16_ENV, "0")
+    monkeypatch.setattr(knn, "_CELL_ROWS", 64)  # 46 cells, as 12k rows have
+    searched = []
+    real = knn._cell_search
+    monkeypatch.setattr(knn, "_cell_search", lambda *a: searched.append(1) or real(*a))
+    n, k = 3_000, 15
+    vectors = clustered(np.random.default_rng(9), n, 0.6)
+    graph = knn.knn_graph(vectors, k, exact_limit=1_000)
+    assert searched  # the cell search ran, not HNSW
+
+    sims = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    np.fill_diagonal(sims, -np.inf)
+    truth = np.argsort(-sims, axis=1)[:, :k]
+    assert graph.indices.shape == (n, k) and (graph.indices != np.arange(n)[:, None]).all()
+    assert (np.diff(graph.distances, axis=1) >= 0).all()  # nearest first
+    found = np.take_along_axis(sims, graph.indices, 1)
+    np.testing.assert_allclose(graph.distances, 1 - found, atol=1e-5)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(graph.indices, truth, strict=True)])
+    assert recall > 0.97
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        again = knn.knn_graph(vectors, k, exact_limit=1_000)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(again.indices, graph.indices)
+
+
+def test_cell_search_refinement_finds_what_the_cells_missed(monkeypatch):
+    """The neighbour-of-neighbour round only ever improves a row's list, and where neighbours
+    straddle cells it finds some that the probed cells missed."""
+    from atlas_assets.lib import knn
+
+    monkeypatch.setattr(knn, "_CELL_ROWS", 64)
+    monkeypatch.setattr(knn, "_PROBE", 2)  # too few cells on purpose
+    vectors = unit(np.random.default_rng(10), 2_000, 6)  # no clusters: cells cut neighbourhoods
+    sims = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    truth = np.argsort(-sims, axis=1)[:, :11]  # self included, as _cell_search has it
+    found = {}
+    for width in (0, 10):
+        monkeypatch.setattr(knn, "_REFINE", width)
+        found[width] = knn._cell_search(vectors, 11)
+    assert (found[10][1] <= found[0][1] + 1e-6).all()  # each row's i-th distance never worse
+    recall = {
+        width: np.mean([len(set(a) & set(b)) for a, b in zip(ids, truth, strict=True)]) / 11
+        for width, (ids, _) in found.items()
+    }
+    assert recall[10] > recall[0] + 0.005
 
 
 def test_project_small_inputs_fall_back_and_are_finite():

@@ -28,7 +28,8 @@ def knn_graph(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     """The shared k-nearest-neighbour graph of the latent vectors (cosine distance).
 
     Computed once and reused by the projection, duplicate search and topic clustering. Exact
-    up to 50k rows on a CPU with bfloat16 in hardware (10k elsewhere), HNSW beyond.
+    up to 50k rows on a CPU with bfloat16 in hardware (10k elsewhere, then a search of nearby
+    k-means cells to 50k), HNSW beyond.
     """
     start = perf_counter()
     paths = store.paths(context.partition_key)

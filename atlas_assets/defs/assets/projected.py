@@ -14,7 +14,7 @@ from atlas_assets.defs.metadata import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.knn import KnnGraph
 from atlas_assets.lib.plot import map_png
-from atlas_assets.lib.project import project
+from atlas_assets.lib.project import layout_name, project
 from atlas_assets.options import NomicProjectOptions
 from atlas_assets.store import write_resource
 from atlas_assets.store.datasets import map_config
@@ -29,11 +29,14 @@ def read_knn(table: pa.Table) -> KnnGraph:
 @dg.asset(
     deps=["latent", "knn_graph"],
     kinds={"python", "umap", "arrow"},
-    code_version="projected-v4",
+    code_version="projected-v5",
     **ASSET_DEFAULTS,
 )
 def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
     """The 2-D map: UMAP of the latent vectors over the shared kNN graph, reproducible by seed.
+
+    ``NomicProjectOptions.model="umap"`` runs umap-learn itself instead of our layout (see
+    ``lib.project.project``); the ``layout`` parameter records which one ran.
 
     Columns ``[id, x, y]`` (float32) in dataset order; the metadata carries a picture of the map.
     """
@@ -43,10 +46,14 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     latent = read_input(paths, "latent", version)
     knn = read_knn(read_input(paths, "knn_graph", version))
     options = NomicProjectOptions(**(map_config(paths).get("projection") or {}))
-    context.log.info(f"projecting {latent.num_rows} points with UMAP ({options.model_dump()})")
+    # The parameters as used (None resolved) and which implementation ran are recorded (and so
+    # are part of the data version).
+    params = {**options.model_dump(), **options.umap_params(), "layout": layout_name(options.model)}
+    context.log.info(f"projecting {latent.num_rows} points with UMAP ({params})")
     coords = project(
         matrix(latent.column("embedding")),
         knn,
+        model=options.model,
         **options.umap_params(),
     )
     id_field = latent.column_names[0]
@@ -57,7 +64,6 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
             "y": pa.array(np.ascontiguousarray(coords[:, 1])),
         }
     )
-    params = options.model_dump()
     write_resource(
         paths.output("projected"),
         table,
