@@ -67,6 +67,8 @@ class NomicTopicOptions(_Options):
     build_topic_model: bool = True
     topic_label_field: str | None = None
     seed: int = 0
+    cluster_method: Literal["fast", "hdbscan"] = "fast"
+    enforce_topic_hierarchy: bool = False
 
 
 class NomicDuplicatesOptions(_Options):

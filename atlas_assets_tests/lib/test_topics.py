@@ -58,28 +58,29 @@ def build(latent, texts, k=10, **kw) -> TopicTree:
 
 
 def check_invariants(tree: TopicTree, n: int) -> None:
+    """The tree's contract: every row has a topic at every depth, children nest in their parent,
+    an unsplit topic carries on as one child with its label, labels unique within a depth."""
     a, t = tree.assignments, tree.topics
     assert a.dtype == np.int64 and a.shape[0] == n and a.shape[1] in (2, 3)
     assert list(t.columns) == ["topic_id", "depth", "parent_id", "label", "keywords", "size"]
-    assert (a[:, 0] >= 0).all()
+    assert (a >= 0).all()  # every datum has a topic at every depth
     assert t.topic_id.is_unique
     by_id = t.set_index("topic_id")
     for d in range(1, a.shape[1]):
-        # -1 exactly where the topic above has no subtopics
-        parents_with_children = set(t[t.depth == d + 1].parent_id)
-        above = a[:, d - 1]
-        has = np.array([p in parents_with_children for p in above])
-        assert ((a[:, d] == -1) == (~has | (above == -1))).all()
-        assert not ((above == -1) & (a[:, d] != -1)).any()
-        rows = a[:, d] >= 0
-        # each child's parent is the topic its rows have at the level above
-        assert (by_id.loc[a[rows, d], "parent_id"].to_numpy() == above[rows]).all()
-        assert (by_id.loc[a[rows, d], "depth"].to_numpy() == d + 1).all()
+        # each row's topic at depth d + 1 is a child of its topic at depth d
+        assert (by_id.loc[a[:, d], "parent_id"].to_numpy() == a[:, d - 1]).all()
+        assert (by_id.loc[a[:, d], "depth"].to_numpy() == d + 1).all()
+    for parent, children in t[t.depth > 1].groupby("parent_id"):
+        if len(children) == 1:  # did not split: the same topic, one depth down
+            child = children.iloc[0]
+            assert child.label == by_id.loc[parent, "label"]
+            assert child.keywords == by_id.loc[parent, "keywords"]
+            assert child["size"] == by_id.loc[parent, "size"]
     assert (t[t.depth == 1].parent_id == -1).all()
     for d, group in t.groupby("depth"):
         assert group.label.is_unique
         assert all(isinstance(x, str) and x for x in group.label)
-        counts = pd.Series(a[:, d - 1][a[:, d - 1] >= 0]).value_counts()
+        counts = pd.Series(a[:, d - 1]).value_counts()
         assert (group.set_index("topic_id")["size"] == counts.reindex(group.topic_id)).all()
     assert all(isinstance(k, list) and len(k) <= 10 for k in t.keywords)
 
@@ -159,7 +160,7 @@ def test_custom_labeller_and_unique_labels():
     tree = build(latent, texts, labeller=lambda kw, central: "Same")
     for _, group in tree.topics.groupby("depth"):
         labels = list(group.label)
-        assert labels[0] == "Same" and len(set(labels)) == len(labels)
+        assert labels.count("Same") == 1 and len(set(labels)) == len(labels)
         assert all(x == "Same" or x.startswith("Same (") for x in labels)
     assert _unique_labels(["A", "A (2)", "A"]) == ["A", "A (2)", "A (3)"]
 
