@@ -59,6 +59,7 @@ MAX_LABEL_DF = 0.25
 # so labelling costs the same at 10k rows and at 1M.
 LABEL_SAMPLE = 20_000
 N_CANDIDATES = 10
+COVERAGE_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ def _phrase_analyzer(stop: frozenset[str]) -> Callable[[str], list[str]]:
         return lower not in stop and (len(token) >= 3 or token.isupper())
 
     def analyze(text: str) -> list[str]:
+        """Phrases, and ``word>`` for each word followed by another in the text."""
         out = set()
         for chunk in _BREAK.split(text):
             run: list[str] = []
@@ -188,6 +190,8 @@ def _phrase_analyzer(stop: frozenset[str]) -> Callable[[str], list[str]]:
                     run.append(token.lower())
                     continue
                 for i in range(len(run)):
+                    if i + 1 < len(run):
+                        out.add(run[i] + ">")  # marks a word that modifies the next one
                     for n in (1, 2, 3):
                         gram = run[i : i + n]
                         if len(gram) == n and len(set(gram)) == n:  # not "tempo tempo"
@@ -272,11 +276,14 @@ def _phrases(texts: Sequence[str], rows: np.ndarray) -> _Phrases:
 
 def _candidates(
     phrases: _Phrases, groups: list[np.ndarray], k: int = N_CANDIDATES
-) -> list[list[str]]:
-    """Each group's ``k`` best label phrases against the other groups.
+) -> list[list[tuple[str, float]]]:
+    """Each group's best label phrases against the other groups: up to ``k`` single words and
+    ``k`` longer phrases, best first, each with the share of the group's texts it is in.
 
-    Scored by c-TF-IDF on document counts; a phrase gives way to a longer one that contains it
-    and covers at least half as many of the group's texts ("hole" to "black hole").
+    Scored by c-TF-IDF on document counts. A word that is mostly followed by another in the
+    group's texts is a modifier ("stochastic", "quantum"), not a name, and is left out; a phrase
+    gives way to a longer one that contains it and covers at least half as many of the group's
+    texts ("hole" to "black hole").
     """
     local = [phrases.local(g) for g in groups]
     if phrases.X.shape[1] == 0:
@@ -284,11 +291,22 @@ def _candidates(
     counts = np.vstack([np.asarray(phrases.X[g].sum(axis=0)).ravel() for g in local])
     # A lone group has nothing to contrast with: coverage alone.
     score = counts.copy() if len(groups) == 1 else _ctfidf(counts)
+    vocab = phrases.vocab.astype(str)
+    index = {v: j for j, v in enumerate(vocab)}
+    marker = np.char.endswith(vocab, ">")
+    multi = np.char.find(vocab, " ") >= 0
+    modifies = np.full(len(vocab), -1)
+    for j, v in enumerate(vocab):
+        if not marker[j] and not multi[j] and v + ">" in index:
+            modifies[j] = index[v + ">"]
     out = []
     for row, c, g in zip(score, counts, local, strict=True):
         floor = max(2.0, 0.03 * len(g)) if len(g) >= 20 else 1.0
-        order = np.lexsort((phrases.vocab.astype(str), -row))
-        top = [j for j in order[: 5 * k] if c[j] >= floor][: 3 * k]
+        ok = (c >= floor) & ~marker
+        ok &= ~((modifies >= 0) & (c[np.maximum(modifies, 0)] >= 0.6 * c))
+        order = np.lexsort((vocab, -row))
+        order = order[ok[order]]
+        top = [*order[~multi[order]][: 2 * k], *order[multi[order]][: 2 * k]]
         best: dict[int, float] = {j: float(row[j]) for j in top}
         words = {j: phrases.vocab[j].split(" ") for j in top}
         for a in top:
@@ -302,8 +320,10 @@ def _candidates(
                     and c[b] >= 0.5 * c[a]
                 ):
                     best[b] = max(best[b], best.pop(a))
-        ranked = sorted(best, key=lambda j: (-best[j], phrases.vocab[j]))[:k]
-        out.append([str(phrases.vocab[j]) for j in ranked])
+        ranked = sorted(best, key=lambda j: (-best[j], vocab[j]))
+        ranked = [j for j in ranked if not multi[j]][:k] + [j for j in ranked if multi[j]][:k]
+        ranked.sort(key=lambda j: (-best[j], vocab[j]))
+        out.append([(str(vocab[j]), float(c[j]) / max(len(g), 1)) for j in ranked])
     return out
 
 
@@ -604,8 +624,8 @@ def _hdbscan_tree(
     """The tree read from HDBSCAN's condensed tree, and how many noise rows were assigned.
 
     The finest depth is HDBSCAN's own selection (excess of mass). Coarser depths are cuts of
-    the condensed tree made by undoing its splits from the densest down, until a depth has
-    about ``m ** (d / D)`` topics for ``m`` finest ones, so every depth nests in the one above.
+    the condensed tree, made by undoing its splits from the least dense up, so every depth
+    nests in the one above: depth 1 is the cut that lasts longest.
     """
     import hdbscan
 
@@ -656,19 +676,24 @@ def _hdbscan_tree(
             out[i] = c
         return out
 
-    cut = {n}
-    levels = []
+    # Undo the splits in order of density (the lambda at which the children are born): the
+    # k-th cut holds k + 1 clusters and lasts from its split's lambda to the next one's.
+    cuts, lambdas, cut = [{n}], [], {n}
+    while splittable := [c for c in cut if c not in chosen and c in children]:
+        c = min(splittable, key=lambda c: (min(birth[k] for k in children[c]), c))
+        lambdas.append(min(birth[k] for k in children[c]))
+        cut = (cut - {c}) | set(children[c])
+        cuts.append(cut)
+    finite = raw["lambda_val"][np.isfinite(raw["lambda_val"])]
+    lambdas.append(max(float(finite.max()), lambdas[-1]) * 2)  # the densest point, and beyond
     m = len(selected)
-    for depth in range(1, max_depth + 1):
-        target = m if depth == max_depth else max(2, round(m ** (depth / max_depth)))
-        while len(cut) < target:
-            splittable = [c for c in cut if c not in chosen and c in children]
-            if not splittable:
-                break
-            c = min(splittable, key=lambda c: (min(birth[k] for k in children[c]), c))
-            cut.remove(c)
-            cut.update(children[c])
-        levels.append(ancestors_in(cut)[labels])
+    # Depth 1: the most persistent cut (longest in log lambda) of 2 to about 2 sqrt(m) clusters;
+    # the finest depth: HDBSCAN's own selection; between: the geometric mean of their sizes.
+    cap = max(2, round(2 * math.sqrt(m)))
+    life = np.diff(np.log(np.maximum(lambdas, 1e-12)))
+    first = 1 + int(np.argmax(life[: cap - 1])) if m > 2 else len(cuts) - 1
+    middle = [max(first, round(math.sqrt((first + 1) * m)) - 1)] if max_depth == 3 else []
+    levels = [ancestors_in(cuts[k])[labels] for k in (first, *middle, len(cuts) - 1)]
     # Build nodes level by level; a cluster that stays the same across a cut does not split.
     frontier = [(root, np.arange(n))]
     for depth, level in enumerate(levels):
@@ -820,12 +845,13 @@ def _labels(
 ) -> dict[int, str]:
     """A label per topic, unique within its depth; a carried topic keeps its parent's."""
 
-    def central(rows: np.ndarray) -> np.ndarray:
+    def central(rows: np.ndarray, count: int = N_CENTRAL) -> np.ndarray:
         cent = latent[rows].mean(axis=0)
-        return rows[np.argsort(-(latent[rows] @ cent), kind="stable")[:N_CENTRAL]]
+        return rows[np.argsort(-(latent[rows] @ cent), kind="stable")[:count]]
 
     # Ranked candidates per topic (a custom labeller gives exactly one).
     ranked: dict[int, list[str]] = {}
+    cover: dict[int, dict[str, float]] = {}
     real = [(tid, node) for tid, _, _, node in nodes if not node.carried]
     if labeller is not None:
         for tid, node in real:
@@ -840,12 +866,14 @@ def _labels(
             if group[0][1].carried:
                 continue
             cands = _candidates(phrases, [node.rows for _, node in group])
-            ranked.update({tid: c for (tid, _), c in zip(group, cands, strict=True)})
+            for (tid, _), c in zip(group, cands, strict=True):
+                ranked[tid] = [p for p, _ in c]
+                cover[tid] = dict(c)
         if encode is not None:
-            _rerank(ranked, dict(real), latent, encode)
+            _rerank(ranked, cover, dict(real), latent, encode)
         for tid, node in real:
             shown = [
-                _display(p, [phrases.texts[i] for i in phrases.local(central(node.rows))])
+                _display(p, [phrases.texts[i] for i in phrases.local(central(node.rows, 50))])
                 for p in ranked[tid]
             ]
             fallback = keyword_labeller(keywords[tid], [])
@@ -879,11 +907,14 @@ def _labels(
 
 def _rerank(
     ranked: dict[int, list[str]],
+    cover: dict[int, dict[str, float]],
     nodes: dict[int, _Node],
     latent: np.ndarray,
     encode: Encoder,
 ) -> None:
-    """Order each topic's candidates by cosine similarity to its centroid (KeyBERT-style)."""
+    """Order each topic's candidates by cosine similarity to its centroid (KeyBERT-style) plus
+    ``COVERAGE_WEIGHT`` times the share of its texts they are in: similarity alone favours
+    narrow phrases ("Quantum Dots" for all of condensed matter)."""
     phrases = sorted({p for cands in ranked.values() for p in cands})
     if not phrases:
         return
@@ -895,4 +926,5 @@ def _rerank(
             continue
         cent = latent[nodes[tid].rows].mean(axis=0)
         sims = vectors[[row[p] for p in cands]] @ (cent / max(np.linalg.norm(cent), 1e-12))
+        sims += COVERAGE_WEIGHT * np.array([cover[tid][p] for p in cands])
         ranked[tid] = [cands[i] for i in np.argsort(-sims, kind="stable")]
