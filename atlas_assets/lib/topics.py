@@ -17,13 +17,13 @@ Pure computation (no Dagster, no file I/O). Two ways to find the clusters
 Either way every datum has a topic at every depth: a topic that does not split carries on as a
 single child with its parent's label and keywords, as in Nomic's own ``topics.df``.
 
-Keywords are class-based TF-IDF of each topic's texts against its siblings. Labels are one to
-three word phrases: candidates are phrases whose words are neither stop words nor formula
-tokens (LaTeX is stripped), that are not corpus-generic (in more than ``MAX_LABEL_DF`` of the
-texts), with plurals merged into their singular, ranked by c-TF-IDF against the siblings and,
-when an ``encode`` function of the map's own model is given, re-ranked by their similarity to
-the topic's centroid (KeyBERT's idea). Labels are distinct within a depth, so siblings never
-share one.
+Keywords are class-based TF-IDF of each topic's texts against its siblings. Labels join a
+topic's two best phrases of one to three words ("Star Formation & Galaxy"): candidates are
+phrases whose words are neither stop words nor formula tokens (LaTeX is stripped), that are not
+corpus-generic (in more than ``MAX_LABEL_DF`` of the texts), with plurals merged into their
+singular, ranked by c-TF-IDF against the siblings and, when an ``encode`` function of the map's
+own model is given, re-ranked by their similarity to the topic's centroid (KeyBERT's idea).
+Labels are distinct within a depth, so siblings never share one.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ MAX_LABEL_DF = 0.25
 LABEL_SAMPLE = 20_000
 N_CANDIDATES = 10
 COVERAGE_WEIGHT = 0.5
+# Until stable: on arXiv, 2 iterations (igraph's default) lose 0.005 to 0.015 NMI per depth.
+LEIDEN_ITERATIONS = -1
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ GENERIC_WORDS = frozenset(
     (  # noqa: SIM905 (a word list reads best as words)
         "paper papers article study studies result results show shows shown present presented "
         "propose proposed using use used new mr mrs ms said says also let consider obtain "
-        "obtained find found given"
+        "obtained find found given told"
     ).split()
 )
 # Inline LaTeX ($...$) and commands (\frac, \alpha): formula tokens, never topic names.
@@ -459,7 +461,7 @@ def _communities(graph, resolution: float, seed: int, method: str = "leiden") ->
                 objective_function="modularity",
                 weights="weight",
                 resolution=resolution,
-                n_iterations=-1,  # until stable: a fixed count can stop mid-improvement
+                n_iterations=LEIDEN_ITERATIONS,
             )
         elif method == "louvain":
             parts = graph.community_multilevel(weights="weight", resolution=resolution)
@@ -877,7 +879,7 @@ def _labels(
                 for p in ranked[tid]
             ]
             fallback = keyword_labeller(keywords[tid], [])
-            ranked[tid] = [s for s in shown if s] + [fallback]
+            ranked[tid] = _pairs([s for s in shown if s]) + [fallback]
 
     labels: dict[int, str] = {}
     by_depth: dict[int, list[tuple[int, int, _Node]]] = {}
@@ -903,6 +905,20 @@ def _labels(
         for (tid, _, _), label in zip(order, _unique_labels(raw), strict=True):
             labels[tid] = label
     return labels
+
+
+def _pairs(names: list[str]) -> list[str]:
+    """Labels of two phrases that share no word ("Stars & Galaxies"), best pairs first, then
+    the phrases alone. One phrase names a topic less surely than BERTopic's four words: the
+    label retrieval accuracy of ``benchmarks/topics.py`` fell behind theirs with one."""
+    words = [set(n.lower().split()) for n in names]
+    pairs = [
+        f"{names[i]} & {names[j]}"
+        for i in range(min(len(names), 4))
+        for j in range(i + 1, min(len(names), 6))
+        if not words[i] & words[j]
+    ]
+    return pairs + names
 
 
 def _rerank(
