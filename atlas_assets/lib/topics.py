@@ -150,12 +150,12 @@ def _unique_labels(labels: list[str]) -> list[str]:
 
 
 # Words that say how a text is written, not what it is about: they made labels like
-# "Paper, Group, Polynomial" (arXiv) or "Labour, Election, Mr" (BBC).
+# "Paper, Group, Polynomial" (arXiv), "Labour, Election, Mr" (BBC) or "Theorem & Space".
 GENERIC_WORDS = frozenset(
     (  # noqa: SIM905 (a word list reads best as words)
         "paper papers article study studies result results show shows shown present presented "
         "propose proposed using use used new mr mrs ms said says also let consider obtain "
-        "obtained find found given told"
+        "obtained find found given told prove proves proved proof proofs theorem theorems lemma"
     ).split()
 )
 # Inline LaTeX ($...$) and commands (\frac, \alpha): formula tokens, never topic names.
@@ -908,15 +908,19 @@ def _labels(
 
 
 def _pairs(names: list[str]) -> list[str]:
-    """Labels of two phrases that share no word ("Stars & Galaxies"), best pairs first, then
+    """Labels of two phrases that share no word stem ("Stars & Galaxies"), best pairs first, then
     the phrases alone. One phrase names a topic less surely than BERTopic's four words: the
     label retrieval accuracy of ``benchmarks/topics.py`` fell behind theirs with one."""
-    words = [set(n.lower().split()) for n in names]
+    words = [n.lower().split() for n in names]
+
+    def overlap(a: list[str], b: list[str]) -> bool:  # "Cosmology & Cosmological Models"
+        return any(x == y or _same_stem(x, y) for x in a for y in b)
+
     pairs = [
         f"{names[i]} & {names[j]}"
         for i in range(min(len(names), 4))
         for j in range(i + 1, min(len(names), 6))
-        if not words[i] & words[j]
+        if not overlap(words[i], words[j])
     ]
     return pairs + names
 

@@ -210,7 +210,11 @@ def test_topics_with_hdbscan_cover_every_datum_and_count_noise(store, arxiv):
     vectors = centres[np.arange(90) % 3] + rng.normal(size=(90, 16))
     ds = AtlasDataset("hdb", unique_id_field="arxiv_id")
     ds.add_data(frame, embeddings=vectors)
-    topic_model = {"topic_label_field": "title", "cluster_method": "hdbscan"}
+    topic_model = {
+        "build_topic_model": True,
+        "topic_label_field": "title",
+        "cluster_method": "hdbscan",
+    }
     update_meta(
         ds._paths,
         maps=[{"name": "hdb", "id": "m", "indexed_field": None, "topic_model": topic_model}],
