@@ -60,6 +60,8 @@ MAX_LABEL_DF = 0.25
 LABEL_SAMPLE = 20_000
 N_CANDIDATES = 10
 COVERAGE_WEIGHT = 0.5
+# Labels pair two of a topic's best PAIRED phrases.
+PAIRED = 6
 # Until stable: on arXiv, 2 iterations (igraph's default) lose 0.005 to 0.015 NMI per depth.
 LEIDEN_ITERATIONS = -1
 
@@ -876,7 +878,7 @@ def _labels(
         for tid, node in real:
             shown = [
                 _display(p, [phrases.texts[i] for i in phrases.local(central(node.rows, 50))])
-                for p in ranked[tid]
+                for p in ranked[tid][:PAIRED]
             ]
             fallback = keyword_labeller(keywords[tid], [])
             ranked[tid] = _pairs([s for s in shown if s]) + [fallback]
@@ -919,7 +921,7 @@ def _pairs(names: list[str]) -> list[str]:
     pairs = [
         f"{names[i]} & {names[j]}"
         for i in range(min(len(names), 4))
-        for j in range(i + 1, min(len(names), 6))
+        for j in range(i + 1, min(len(names), PAIRED))
         if not overlap(words[i], words[j])
     ]
     return pairs + names
