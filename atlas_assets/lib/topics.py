@@ -670,7 +670,6 @@ def _hdbscan_tree(
     code = dict(zip(selected, range(len(selected)), strict=True))
     labels = _assign_noise(np.array([code.get(c, -1) for c in leaf.tolist()]), A, latent)
 
-    # Cuts: start at the root and undo splits in order of density (the split's lambda).
     def ancestors_in(cut: set[int]) -> np.ndarray:
         """Per finest topic, the cluster of ``cut`` that contains it."""
         out = np.empty(len(selected), np.int64)
@@ -698,16 +697,20 @@ def _hdbscan_tree(
     first = 1 + int(np.argmax(life[: cap - 1])) if m > 2 else len(cuts) - 1
     middle = [max(first, round(math.sqrt((first + 1) * m)) - 1)] if max_depth == 3 else []
     levels = [ancestors_in(cuts[k])[labels] for k in (first, *middle, len(cuts) - 1)]
-    # Build nodes level by level; a cluster that stays the same across a cut does not split.
-    frontier = [(root, np.arange(n))]
+    # Build nodes level by level. A cluster that stays whole across a cut carries on as itself,
+    # and may still split at a later cut.
+    frontier = [root]
     for depth, level in enumerate(levels):
         nxt = []
-        for node, rows in frontier:
+        for node in frontier:
+            rows = node.rows
             groups = [rows[level[rows] == c] for c in np.unique(level[rows])]
             groups.sort(key=lambda g: (-g.size, g[0]))
             if len(groups) > 1 or depth == 0:
                 node.children = [_Node(g) for g in groups]
-                nxt.extend((child, child.rows) for child in node.children)
+            else:
+                node.children = [_Node(rows, carried=True)]
+            nxt.extend(node.children)
         frontier = nxt
     return root, noise
 
@@ -717,12 +720,13 @@ def _hdbscan_tree(
 
 
 def _flatten(root: _Node, max_depth: int) -> list[tuple[int, int, int, _Node]]:
-    """``(topic_id, depth, parent_id, node)`` level by level, after trimming a deepest level
+    """``(topic_id, depth, parent_id, node)`` level by level, after trimming the deepest levels
     nothing split into (depth stays at least 2) and carrying unsplit topics down."""
     height, level = 0, [root]
-    while any(node.children for node in level) and height < max_depth:
+    for depth in range(1, max_depth + 1):
         level = [c for node in level for c in node.children]
-        height += 1
+        if any(not node.carried for node in level):
+            height = depth
     depth_count = max(2, height)
     out: list[tuple[int, int, int, _Node]] = []
     frontier = [(-1, child) for child in root.children]
@@ -736,7 +740,8 @@ def _flatten(root: _Node, max_depth: int) -> list[tuple[int, int, int, _Node]]:
         for tid, node in level:
             if depth < depth_count and not node.children:
                 node.children = [_Node(node.rows, carried=True)]
-            frontier.extend((tid, c) for c in node.children)
+            if depth < depth_count:
+                frontier.extend((tid, c) for c in node.children)
     return out
 
 

@@ -271,3 +271,27 @@ def test_labels_are_phrases_distinct_among_siblings():
         b = np.bincount(blob[tree.assignments[:, 0] == row.topic_id]).argmax()
         first = row.label.split(" & ")[0]  # the best phrase leads
         assert first.lower().rstrip("s") == names[b].rstrip("s"), row.label
+
+
+def test_a_topic_that_splits_only_deeper_keeps_its_children():
+    """An HDBSCAN cluster can stay whole at depth 2 and split at depth 3: it carries on at
+    depth 2 and its children appear at depth 3; a deepest level of copies only is dropped."""
+    from atlas_assets.lib.topics import _flatten, _Node
+
+    a, b = np.arange(0, 6), np.arange(6, 10)
+    root = _Node(np.arange(10), [_Node(a), _Node(b)])
+    root.children[0].children = [_Node(a, [_Node(a[:3]), _Node(a[3:])], carried=True)]
+    nodes = _flatten(root, 3)
+    depth_of = [(d, p, node.rows.size, node.carried) for _, d, p, node in nodes]
+    assert depth_of == [
+        (1, -1, 6, False),
+        (1, -1, 4, False),
+        (2, 0, 6, True),
+        (2, 1, 4, True),
+        (3, 2, 3, False),
+        (3, 2, 3, False),
+        (3, 3, 4, True),
+    ]
+    flat = _Node(np.arange(10), [_Node(a), _Node(b)])
+    flat.children[0].children = [_Node(a, carried=True)]
+    assert max(d for _, d, _, _ in _flatten(flat, 3)) == 2  # nothing split below depth 1
