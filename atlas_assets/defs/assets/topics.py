@@ -60,9 +60,9 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
 
     Deeper topics split within their parent, so they nest and appear as regions of the map;
     every datum has a topic at every depth (a topic that does not split carries on with its
-    label). Keywords are class-based TF-IDF against sibling topics; labels are 1-3 word phrases
-    re-ranked by similarity to the topic's centroid with the map's own model, unique within a
-    depth. Topics always nest, so ``enforce_topic_hierarchy`` is recorded and always holds.
+    label). Keywords are class-based TF-IDF against sibling topics; labels pair two 1-3 word
+    phrases re-ranked by similarity to the topic's centroid with the map's own model, unique
+    within a depth. Topics always nest, so ``enforce_topic_hierarchy`` is recorded and always holds.
     """
     start = perf_counter()
     paths = store.paths(context.partition_key)
