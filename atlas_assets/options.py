@@ -168,6 +168,8 @@ class NomicTopicOptions(_Options):
     cluster_method: Literal["fast", "hdbscan"] = "fast"
     enforce_topic_hierarchy: bool = False
     seed: int = 0
+    cluster_method: Literal["fast", "hdbscan"] = "fast"
+    enforce_topic_hierarchy: bool = False
 
 
 class NomicDuplicatesOptions(_Options):

@@ -9,12 +9,22 @@ Run ``python -m benchmarks.topics [--quick]``. For each corpus found under
   topic diversity (share of unique words among all topics' top-10 keywords);
 * map coherence: the share of each point's 15 nearest 2-D map neighbours in the same topic.
 
+Every depth is complete (a topic that does not split carries on), so each is compared as is.
+
 Embeddings and UMAP coordinates are cached under ``data/bench-cache/topics``. ``--quick``
 skips AG News and uses PCA instead of UMAP for the 2-D coordinates.
 
+It compares the clustering routes (``"fast"`` with Leiden, the default; ``"fast"`` with
+Louvain, its predecessor; ``"hdbscan"``: NMI, noise share, seconds) and the labels: **label
+retrieval accuracy** (each label embedded with the map's model; the share of topics whose own
+centroid is the nearest among their siblings') for our phrase labels with and without the
+centroid re-rank, the former 3-keyword labels and BERTopic's default c-TF-IDF labels of the same
+topics.
+
 The last line reads ``topics: <figure> ratio=<ours/kmeans depth-2 NMI on arXiv archives>
-target=>=1.0 quality=<npmi, diversity of BBC depth-2 keywords>``; BERTopic with MiniLM on BBC
-News published NPMI 0.170 and diversity 0.802.
+target=>=1.0 quality=<npmi, diversity of BBC depth-2 keywords, label retrieval accuracy among
+all topics of a depth, ours vs BERTopic's, averaged over the corpora>``; BERTopic with MiniLM on
+BBC News published NPMI 0.170 and diversity 0.802.
 """
 
 from __future__ import annotations
@@ -162,46 +172,162 @@ def kmeans_labels(latent: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndar
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(latent)
 
 
-def evaluate(corpus: Corpus, quick: bool) -> tuple[list[dict], TopicTree]:
-    """One row per depth with NMI (ours and k-means), keyword quality and map coherence."""
+def encode_phrases(phrases: list[str]) -> np.ndarray:
+    """Labels and label candidates embedded with the map's model (the bundled MiniLM)."""
+    from atlas_assets.lib.embed import embed_texts
+
+    return embed_texts(phrases)
+
+
+def label_retrieval_accuracy(
+    tree: TopicTree,
+    latent: np.ndarray,
+    labels: dict[int, str],
+    encode=encode_phrases,
+    among: str = "siblings",
+) -> tuple[float, int]:
+    """Share of topics whose label, embedded with the map's model, is nearer (cosine) to the
+    topic's own centroid than to any sibling's (``among="depth"``: than to any other topic's of
+    its depth, which is harder); and how many topics were scored.
+
+    Only topics with at least one rival count (a topic that does not split has one child).
+    """
+    t = tree.topics
+    scored = correct = 0
+    vectors = encode([labels[int(i)] for i in t.topic_id])
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    row_of = {int(tid): i for i, tid in enumerate(t.topic_id)}
+    scope = "parent_id" if among == "siblings" else "whole_depth"
+    for (depth, _), group in t.assign(whole_depth=0).groupby(["depth", scope]):
+        if len(group) < 2:
+            continue
+        col = tree.assignments[:, depth - 1]
+        cents = np.vstack([latent[col == tid].mean(axis=0) for tid in group.topic_id])
+        cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+        sims = vectors[[row_of[int(i)] for i in group.topic_id]] @ cents.T
+        correct += int((sims.argmax(axis=1) == np.arange(len(group))).sum())
+        scored += len(group)
+    return correct / max(scored, 1), scored
+
+
+def bertopic_labels(tree: TopicTree, texts: list[str]) -> dict[int, str]:
+    """BERTopic's default labels for the same topics: the 4 best c-TF-IDF words of each topic
+    against all topics of its depth (BERTopic's ``ClassTfidfTransformer`` defaults: L1-normed
+    term frequency times ``log(1 + A / f(t))``), with English stop words removed as BERTopic's
+    documentation advises (its bare default keeps them). Joined by spaces, without the number
+    BERTopic puts first, so the words alone are embedded."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    vec = CountVectorizer(stop_words="english")
+    X = vec.fit_transform(texts).tocsr()
+    vocab = vec.get_feature_names_out()
+    out = {}
+    for _, group in tree.topics.groupby("depth"):
+        depth = int(group.depth.iloc[0])
+        col = tree.assignments[:, depth - 1]
+        counts = np.vstack(
+            [np.asarray(X[col == tid].sum(axis=0)).ravel() for tid in group.topic_id]
+        )
+        tf = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        idf = np.log(counts.sum() / len(group) / np.maximum(counts.sum(axis=0), 1) + 1)
+        for tid, row in zip(group.topic_id, tf * idf, strict=True):
+            out[int(tid)] = " ".join(vocab[np.argsort(-row, kind="stable")[:4]])
+    return out
+
+
+METHODS = [("fast", "leiden"), ("fast", "louvain"), ("hdbscan", "leiden")]
+SEEDS = 3
+
+
+def evaluate(corpus: Corpus, quick: bool) -> tuple[list[dict], list[dict], TopicTree]:
+    """Per method and depth: NMI (ours and k-means), noise share and seconds; per labeller:
+    label retrieval accuracy; keyword quality and map coherence of the default tree."""
     from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    from atlas_assets.lib.topics import keyword_labeller
 
     latent = embeddings(corpus)
     knn = knn_graph(latent, K)
     coords = map_coords(corpus, latent, knn, quick)
-    t0 = time.perf_counter()
-    tree = build_topic_tree(latent, knn, coords, corpus.texts, seed=0, max_depth=3)
-    seconds = time.perf_counter() - t0
     level_names = list(corpus.levels)
+    kmeans = {}
     rows = []
-    for depth in range(1, tree.depth + 1):
-        # Rows whose topic has no subtopics keep their parent's topic at this depth.
-        col = tree.assignments[:, depth - 1].copy()
-        for d in range(depth - 2, -1, -1):
-            col = np.where(col < 0, tree.assignments[:, d], col)
-        at = tree.topics[tree.topics.depth == depth]
-        level = level_names[min(depth - 1, len(level_names) - 1)]
-        truth = corpus.levels[level]
-        n_true = len(np.unique(truth))
-        km = kmeans_labels(latent, n_true)
-        npmi, div = npmi_and_diversity(list(at.keywords), corpus.texts)
-        rows.append(
+    for method, community in METHODS:
+        name = method if method == "hdbscan" else f"fast ({community})"
+        # Graph communities move with the seed by about 0.01 NMI: the fast routes are averaged
+        # over SEEDS seeds (hdbscan, slower, runs once).
+        seeds = range(1 if method == "hdbscan" else SEEDS)
+        per_seed = []
+        t0 = time.perf_counter()
+        for seed in seeds:
+            per_seed.append(
+                build_topic_tree(
+                    latent,
+                    knn,
+                    coords,
+                    corpus.texts,
+                    seed=seed,
+                    cluster_method=method,
+                    community=community,
+                )
+            )
+        seconds = (time.perf_counter() - t0) / len(seeds)
+        for depth in range(1, per_seed[0].depth + 1):
+            level = level_names[min(depth - 1, len(level_names) - 1)]
+            truth = corpus.levels[level]
+            n_true = len(np.unique(truth))
+            if level not in kmeans:
+                kmeans[level] = nmi(truth, kmeans_labels(latent, n_true))
+            trees = [tree for tree in per_seed if tree.depth >= depth]
+            rows.append(
+                {
+                    "corpus": corpus.name,
+                    "N": len(corpus.texts),
+                    "method": name,
+                    "depth": depth,
+                    "topics": np.mean([(tree.topics.depth == depth).sum() for tree in trees]),
+                    "level": level,
+                    "classes": n_true,
+                    "nmi": np.mean([nmi(truth, tree.assignments[:, depth - 1]) for tree in trees]),
+                    "kmeans_nmi": kmeans[level],
+                    "noise": np.mean([tree.noise for tree in trees]) / len(corpus.texts),
+                    "seconds": seconds,
+                }
+            )
+    t0 = time.perf_counter()
+    tree = build_topic_tree(latent, knn, coords, corpus.texts, seed=0, encode=encode_phrases)
+    seconds = time.perf_counter() - t0
+    plain = build_topic_tree(latent, knn, coords, corpus.texts, seed=0)
+    keywords = {int(t.topic_id): keyword_labeller(t.keywords, []) for t in tree.topics.itertuples()}
+    labellers = {
+        "ours (phrases, re-ranked)": dict(
+            zip(tree.topics.topic_id, tree.topics.label, strict=True)
+        ),
+        "ours without re-rank": dict(zip(plain.topics.topic_id, plain.topics.label, strict=True)),
+        "3 keywords (before)": keywords,
+        "BERTopic default (4 words)": bertopic_labels(tree, corpus.texts),
+    }
+    at2 = tree.topics[tree.topics.depth == min(2, tree.depth)]
+    npmi, div = npmi_and_diversity(list(at2.keywords), corpus.texts)
+    coherence = map_coherence(coords, tree.assignments[:, 0])
+    labels = []
+    for name, mapping in labellers.items():
+        acc, scored = label_retrieval_accuracy(tree, latent, mapping)
+        acc_depth, _ = label_retrieval_accuracy(tree, latent, mapping, among="depth")
+        labels.append(
             {
                 "corpus": corpus.name,
-                "N": len(corpus.texts),
-                "depth": depth,
-                "topics": len(at),
-                "level": level,
-                "classes": n_true,
-                "nmi": nmi(truth, col),
-                "kmeans_nmi": nmi(truth, km),
-                "npmi": npmi,
-                "diversity": div,
-                "map_coh": map_coherence(coords, col),
-                "seconds": seconds,
+                "labels": name,
+                "retrieval_acc": acc,
+                "acc_among_depth": acc_depth,
+                "topics_scored": scored,
+                "depth2_npmi": npmi,
+                "depth2_diversity": div,
+                "depth1_map_coh": coherence,
+                "seconds": seconds if name.startswith("ours (") else float("nan"),
             }
         )
-    return rows, tree
+    return rows, labels, tree
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,30 +338,39 @@ def main(argv: list[str] | None = None) -> int:
     if not corpora:
         print("topics: skipped (no datasets under ../shared/datasets)")
         return 0
-    rows = []
+    rows, label_rows = [], []
     trees = {}
     for corpus in corpora:
         print(f"{corpus.name}: {len(corpus.texts)} texts", flush=True)
-        r, trees[corpus.name] = evaluate(corpus, args.quick)
+        r, lab, trees[corpus.name] = evaluate(corpus, args.quick)
         rows.extend(r)
+        label_rows.extend(lab)
     table = pd.DataFrame(rows)
+    labels = pd.DataFrame(label_rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(3).to_string(index=False))
+        print()
+        print(labels.round(3).to_string(index=False))
     for name, tree in trees.items():
         print(f"\n{name} depth-1 topics:")
         for _, t in tree.topics[tree.topics.depth == 1].iterrows():
-            print(f"  {t['size']:5d}  {t.label:40s} {'/'.join(t.keywords)}")
+            print(f"  {t['size']:5d}  {t.label:32s} {'/'.join(t.keywords)}")
 
-    arxiv = table[(table.corpus == "arxiv") & (table.depth == 2)]
-    bbc = table[(table.corpus == "bbc") & (table.depth == 2)]
+    default = table[table.method == "fast (leiden)"]
+    arxiv = default[(default.corpus == "arxiv") & (default.depth == 2)]
     ratio = float(arxiv.nmi.iloc[0] / arxiv.kmeans_nmi.iloc[0]) if len(arxiv) else float("nan")
     figure = float(arxiv.nmi.iloc[0]) if len(arxiv) else float("nan")
-    npmi = float(bbc.npmi.iloc[0]) if len(bbc) else float("nan")
-    div = float(bbc.diversity.iloc[0]) if len(bbc) else float("nan")
-    print(
+    bbc = labels[labels.corpus == "bbc"]
+    npmi = float(bbc.depth2_npmi.iloc[0]) if len(bbc) else float("nan")
+    div = float(bbc.depth2_diversity.iloc[0]) if len(bbc) else float("nan")
+    acc = labels.groupby("labels").acc_among_depth.mean()
+    line = (
         f"topics: arxiv_depth2_nmi={figure:.3f} ratio={ratio:.3f} target=>=1.0 "
-        f"quality=<npmi={npmi:.3f}, diversity={div:.3f}>"
+        f"quality=<npmi={npmi:.3f}, diversity={div:.3f}, "
+        f"label_acc_depth={acc.get('ours (phrases, re-ranked)', float('nan')):.3f} "
+        f"vs_bertopic={acc.get('BERTopic default (4 words)', float('nan')):.3f}>"
     )
+    print(line)
     return 0
 
 

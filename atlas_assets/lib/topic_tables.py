@@ -10,24 +10,16 @@ import pyarrow as pa
 from atlas_assets.lib.topics import TopicTree
 
 
-def trim_depth(tree: TopicTree) -> TopicTree:
-    """Drop a deepest level that no topic was split into (the tree then has depth 2)."""
-    if tree.depth > 2 and (tree.assignments[:, -1] == -1).all():
-        topics = tree.topics[tree.topics["depth"] < tree.depth].reset_index(drop=True)
-        return TopicTree(assignments=tree.assignments[:, :-1], topics=topics)
-    return tree
-
-
 def datum_labels(tree: TopicTree) -> dict[str, pa.Array]:
-    """``topic_depth_1..D`` columns: each datum's topic label per depth (null below a leaf)."""
+    """``topic_depth_1..D`` columns: each datum's topic label per depth (never null: a topic
+    that does not split carries on as a single child with its label)."""
     label_of = pd.Series(tree.topics["label"].to_numpy(), index=tree.topics["topic_id"])
-    columns = {}
-    for d in range(tree.depth):
-        ids = tree.assignments[:, d]
-        labels = label_of.reindex(ids).to_numpy(dtype=object)
-        labels[ids < 0] = None
-        columns[f"topic_depth_{d + 1}"] = pa.array(labels, pa.string())
-    return columns
+    return {
+        f"topic_depth_{d + 1}": pa.array(
+            label_of.reindex(tree.assignments[:, d]).to_numpy(dtype=object), pa.string()
+        )
+        for d in range(tree.depth)
+    }
 
 
 def topic_metadata(tree: TopicTree) -> pa.Table:

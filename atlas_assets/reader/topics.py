@@ -39,7 +39,8 @@ class AtlasMapTopics:
 
     @property
     def df(self) -> pd.DataFrame:
-        """Each datum's topic label at every depth (null below a topic without subtopics)."""
+        """Each datum's topic label at every depth, never null: a topic that does not split
+        carries on as a single child with its label."""
         return self.tb.to_pandas()
 
     @property
@@ -146,8 +147,7 @@ class AtlasMapTopics:
         """For each query vector, a distribution over topics at ``depth`` (probabilities
         summing to 1) from the topics of its ``k`` nearest datums in latent space.
 
-        A neighbour whose topic has no subtopics at ``depth`` (or a tree shallower than
-        ``depth``) counts for its deepest topic above it.
+        With a tree shallower than ``depth``, its deepest topics are used.
         Returns ``{"topics": [ {label: probability, ...} for each query ]}``.
         """
         if not isinstance(depth, int) or not 1 <= depth <= 3:

@@ -257,3 +257,37 @@ def test_projection_default_records_our_layout_and_refuses_a_short_graph(store, 
     for model in (None, "umap"):
         with pytest.raises(ValueError, match="n_neighbors=15 needs 14 neighbours per row"):
             project(latent, short, n_neighbors=15, model=model)
+
+
+def test_topics_with_hdbscan_cover_every_datum_and_count_noise(store, arxiv):
+    """cluster_method="hdbscan" through the asset: umap-learn and HDBSCAN on uploaded vectors,
+    every datum labelled at every depth, the noise count in the metadata, the option recorded."""
+    frame = arxiv.head(90)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    vectors = centres[np.arange(90) % 3] + rng.normal(size=(90, 16))
+    ds = AtlasDataset("hdb", unique_id_field="arxiv_id")
+    ds.add_data(frame, embeddings=vectors)
+    topic_model = {
+        "build_topic_model": True,
+        "topic_label_field": "title",
+        "cluster_method": "hdbscan",
+    }
+    update_meta(
+        ds._paths,
+        maps=[{"name": "hdb", "id": "m", "indexed_field": None, "topic_model": topic_model}],
+    )
+    assets = {"dataset", "latent", "knn_graph", "projected", "topics", "metadata", "hierarchy"}
+    result = materialize("hdb", assets)
+    assert result.success
+    mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    meta = mats["topics"].materialization.metadata
+    assert isinstance(meta["noise_assigned"].value, int) and 0 <= meta["noise_assigned"].value < 90
+    info = resource_info(dataset_paths("hdb").resource("topics"))
+    assert info["params"]["cluster_method"] == "hdbscan"
+    topics = ds.maps[0].topics
+    assert topics.df.notna().all().all()
+    # three well-separated clusters: three depth-1 topics, each one cluster
+    depth1 = topics.df["topic_depth_1"].to_numpy()
+    assert len(set(depth1)) == 3
+    assert all(len(set(depth1[np.arange(90) % 3 == c])) == 1 for c in range(3))

@@ -21,12 +21,27 @@ def test_df_columns_labels_and_alignment(built, topics):
     assert depth in (2, 3)
     assert list(df.columns) == ["arxiv_id"] + [f"topic_depth_{d}" for d in range(1, depth + 1)]
     assert df["arxiv_id"].tolist() == frame["arxiv_id"].tolist()
-    assert df["topic_depth_1"].notna().all()
-    for d in range(2, depth + 1):  # null only where the parent topic has no subtopics
-        parents_with_children = {label for (label, dd) in topics.hierarchy if dd == d - 1}
-        missing = df[f"topic_depth_{d}"].isna()
-        assert not df.loc[missing, f"topic_depth_{d - 1}"].isin(parents_with_children).any()
+    # Every datum has a topic at every depth, as in the reference's own table.
+    assert df.notna().all().all()
     assert topics.tb.num_rows == len(frame)
+
+
+def test_unsplit_topics_carry_on_with_their_label(topics):
+    """A topic that does not split has one child with its label, keywords and datums; every
+    topic above the deepest depth is a key of the hierarchy."""
+    meta, df = topics.metadata, topics.df
+    for d in range(1, topics.depth):
+        for label in meta.loc[meta["depth"] == d, "topic_short_description"]:
+            children = topics.hierarchy[(label, d)]
+            below = set(df.loc[df[f"topic_depth_{d}"] == label, f"topic_depth_{d + 1}"])
+            assert below == set(children)
+            if len(children) == 1:
+                assert children == [label]
+                own = meta[(meta["depth"] == d) & (meta["topic_short_description"] == label)]
+                child = meta[(meta["depth"] == d + 1) & (meta["topic_short_description"] == label)]
+                assert own["topic_description"].tolist() == child["topic_description"].tolist()
+    groups = topics.group_by_topic(topics.depth)
+    assert sum(len(g["datum_ids"]) for g in groups) == len(df)
 
 
 def test_metadata_columns_and_ancestor_paths(topics):

@@ -15,10 +15,10 @@ from atlas_assets.defs.metadata import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
 from atlas_assets.lib.plot import map_png
-from atlas_assets.lib.topic_tables import datum_labels, hierarchy_table, topic_metadata, trim_depth
-from atlas_assets.lib.topics import build_topic_tree
-from atlas_assets.options import NomicTopicOptions
-from atlas_assets.store import read_resource, write_resource
+from atlas_assets.lib.topic_tables import datum_labels, hierarchy_table, topic_metadata
+from atlas_assets.lib.topics import Encoder, build_topic_tree
+from atlas_assets.options import NomicEmbedOptions, NomicTopicOptions
+from atlas_assets.store import read_resource, resource_info, write_resource
 from atlas_assets.store.datasets import map_config
 from atlas_assets.store.files import matrix
 
@@ -27,7 +27,7 @@ _SPEC = {
     "deps": ["dataset", "latent", "knn_graph", "projected"],
     "group_name": ASSET_DEFAULTS["group_name"],
     "kinds": {"python", "igraph", "arrow"},
-    "code_version": "topics-v1",
+    "code_version": "topics-v2",
 }
 
 
@@ -55,11 +55,14 @@ _SPEC = {
     can_subset=False,
 )
 def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
-    """Hierarchical topics (2-3 depths) from Louvain communities of the shared kNN graph.
+    """Hierarchical topics (2-3 depths): Leiden communities of the shared kNN graph, or with
+    ``cluster_method="hdbscan"`` HDBSCAN over a 5-d UMAP of the latent.
 
-    Depth-1 topics split the whole graph, deeper ones split within their parent, so they nest
-    and appear as regions of the map. Keywords are class-based TF-IDF against sibling topics;
-    labels are the best keywords, unique within a depth.
+    Deeper topics split within their parent, so they nest and appear as regions of the map;
+    every datum has a topic at every depth (a topic that does not split carries on with its
+    label). Keywords are class-based TF-IDF against sibling topics; labels pair two 1-3 word
+    phrases re-ranked by similarity to the topic's centroid with the map's own model, unique
+    within a depth. Topics always nest, so ``enforce_topic_hierarchy`` is recorded and always holds.
     """
     start = perf_counter()
     paths = store.paths(context.partition_key)
@@ -83,7 +86,15 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
         if field
         else [""] * data.num_rows
     )
-    tree = trim_depth(build_topic_tree(latent, knn, coords, texts, seed=options.seed))
+    tree = build_topic_tree(
+        latent,
+        knn,
+        coords,
+        texts,
+        seed=options.seed,
+        cluster_method=options.cluster_method,
+        encode=_label_encoder(paths, store),
+    )
 
     id_field = data.column_names[0]
     labels = datum_labels(tree)
@@ -116,6 +127,8 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
             {f"depth {d}": int(n) for d, n in tree.topics.groupby("depth").size().items()}
         ),
         "largest_topics": dg.MetadataValue.json(largest),
+        # rows the clustering left as noise, then assigned to their nearest topic
+        "noise_assigned": tree.noise,
         "map": png_markdown(
             map_png(
                 coords,
@@ -144,3 +157,27 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
             },
             data_version=data_version(version, params),
         )
+
+
+def _label_encoder(paths, store: AtlasStore) -> Encoder | None:
+    """Phrases to vectors with the model that made the latent vectors, or ``None`` for uploaded
+    vectors (no model shares their space)."""
+    params = (resource_info(paths.resource("latent")) or {}).get("params", {})
+    if "mode" not in params:
+        return None
+    options = NomicEmbedOptions(
+        **{k: params[k] for k in ("model", "mode", "batch_size") if k in params}
+    )
+
+    def encode(phrases: list[str]) -> np.ndarray:
+        from atlas_assets.lib.embed import embed_texts
+
+        return embed_texts(
+            phrases,
+            options.model,
+            mode=options.mode,
+            batch_size=options.batch_size,
+            home=store.home(),
+        )
+
+    return encode
