@@ -91,7 +91,11 @@ assert found[:, 0].tolist() == [0, 1, 2]
 
 # Topics, duplicates and tags as the docs use them.
 topic_df = map.topics.df
-assert topic_df["topic_depth_1"].notna().all()
+deepest = f"topic_depth_{map.topics.depth}"
+assert map.topics.depth >= 2 and topic_df.notna().all().all()  # a topic at every depth
+assert topic_df.groupby(deepest).size().sum() == len(topic_df)  # so no row drops out
+for parent, children in map.topics.hierarchy.items():
+    assert children, parent  # a topic that does not split carries on as one child
 duplicates = map.duplicates.df
 assert set(duplicates["duplicate_class"]) <= {
     "singleton",
