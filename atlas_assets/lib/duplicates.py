@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from atlas_assets.lib.embed import normalize
-from atlas_assets.lib.knn import KnnGraph
+from atlas_assets.lib.graph import KnnGraph
 
 DUPLICATE_CLASSES = ("singleton", "retention candidate", "deletion candidate")
 SINGLETON, RETENTION, DELETION = DUPLICATE_CLASSES

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import dataclass
 from functools import cache
 
 import numba
 import numpy as np
 import scipy.sparse
+
+from atlas_assets.lib.graph import KnnGraph
 
 # Up to this many rows the exact search costs no more than HNSW, whose 15-NN recall is 0.93 to
 # 0.96. With bfloat16 matrix products in hardware (AMX or AVX512-BF16) that holds to the second
@@ -50,22 +51,6 @@ _PROBE = 2
 _REFINE = 10
 _AXES_SAMPLE = 8_192  # rows that estimate the principal axes
 _LANES = 16  # float32 values per screening step: one AVX-512 register, or two AVX2 ones
-
-
-@dataclass(frozen=True)
-class KnnGraph:
-    """Each row's ``k`` nearest other rows, nearest first.
-
-    ``indices`` is ``(N, k)`` int64 (never the row itself; ``-1`` pads when fewer than ``k``
-    neighbours exist) and ``distances`` the matching ``(N, k)`` float32 cosine distances.
-    """
-
-    indices: np.ndarray
-    distances: np.ndarray
-
-    @property
-    def k(self) -> int:
-        return int(self.indices.shape[1])
 
 
 def _as_float32(vectors: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numba
 import numpy as np
 import scipy.sparse
 
-from atlas_assets.lib.knn import KnnGraph
+from atlas_assets.lib.graph import KnnGraph
 from atlas_assets.lib.layout import epochs_for, optimize_layout
 
 # UMAP needs a handful of neighbours; below this many rows the map is plain PCA.

@@ -3,11 +3,14 @@ the parent/child hierarchy."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from atlas_assets.lib.topics import TopicTree
+if TYPE_CHECKING:  # lib.topics imports scipy: the definitions load this module on every reload
+    from atlas_assets.lib.topics import TopicTree
 
 
 def datum_labels(tree: TopicTree) -> dict[str, pa.Array]:

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from atlas_assets.lib.knn import KnnGraph
+from atlas_assets.lib.graph import KnnGraph
 
 Labeller = Callable[[list[str], list[str]], str]
 Encoder = Callable[[list[str]], np.ndarray]

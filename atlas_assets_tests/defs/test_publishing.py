@@ -74,7 +74,7 @@ def test_a_ui_run_is_published_by_the_next_tick_a_failed_one_never(store, arxiv,
         def broken(*args, **kwargs):
             raise RuntimeError("projection crashed")
 
-        monkeypatch.setattr("atlas_assets.defs.assets.projected.project", broken)
+        monkeypatch.setattr("atlas_assets.lib.project.project", broken)
         update_meta(paths, maps=[{**config, "projection": {"seed": 6}}])
         failed = ui_run(instance, {"projected", "latent"}, raise_on_error=False)
         assert not failed.success

@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow as pa
 
 from atlas_assets.defs.partitions import atlas_datasets
+from atlas_assets.lib.graph import KnnGraph
 from atlas_assets.store import (
     DatasetPaths,
     ResourceNotReadyError,
@@ -17,6 +18,7 @@ from atlas_assets.store import (
     read_resource,
     resource_info,
 )
+from atlas_assets.store.files import matrix
 
 ASSET_DEFAULTS: dict[str, Any] = {
     "partitions_def": atlas_datasets,
@@ -40,6 +42,11 @@ def read_input(paths: DatasetPaths, name: str, version: str) -> pa.Table:
         raise dg.Failure(f"{paths.identifier}: materialize the {name!r} asset first") from None
     except StaleResourceError as err:
         raise dg.Failure(f"{paths.identifier}: {err}; re-materialize {name!r}") from None
+
+
+def read_knn(table: pa.Table) -> KnnGraph:
+    """The kNN graph stored by the ``knn_graph`` asset."""
+    return KnnGraph(matrix(table.column("neighbors")), matrix(table.column("distances")))
 
 
 def data_version(version: str, params: dict[str, Any]) -> dg.DataVersion:

@@ -10,8 +10,8 @@ from atlas_assets.defs.assets.common import (
     data_version,
     dataset_version,
     read_input,
+    read_knn,
 )
-from atlas_assets.defs.assets.projected import read_knn
 from atlas_assets.defs.metadata import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes

@@ -11,7 +11,6 @@ from atlas_assets.defs.assets.common import (
 )
 from atlas_assets.defs.metadata import table_metadata
 from atlas_assets.defs.resources import AtlasStore
-from atlas_assets.lib.knn import knn_graph as build_knn_graph
 from atlas_assets.options import NomicProjectOptions
 from atlas_assets.store import write_resource
 from atlas_assets.store.datasets import map_config
@@ -31,6 +30,9 @@ def knn_graph(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     up to 50k rows on a CPU with bfloat16 in hardware (10k elsewhere, then a search of nearby
     k-means cells to 50k), HNSW beyond.
     """
+    # Imported here: numba compiles on import, and the definitions load on every UI reload.
+    from atlas_assets.lib.knn import knn_graph as build_knn_graph
+
     start = perf_counter()
     paths = store.paths(context.partition_key)
     version = dataset_version(paths)

@@ -9,21 +9,15 @@ from atlas_assets.defs.assets.common import (
     data_version,
     dataset_version,
     read_input,
+    read_knn,
 )
 from atlas_assets.defs.metadata import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
-from atlas_assets.lib.knn import KnnGraph
 from atlas_assets.lib.plot import map_png
-from atlas_assets.lib.project import layout_name, project
 from atlas_assets.options import NomicProjectOptions
 from atlas_assets.store import write_resource
 from atlas_assets.store.datasets import map_config
 from atlas_assets.store.files import matrix
-
-
-def read_knn(table: pa.Table) -> KnnGraph:
-    """The kNN graph stored by the ``knn_graph`` asset."""
-    return KnnGraph(matrix(table.column("neighbors")), matrix(table.column("distances")))
 
 
 @dg.asset(
@@ -40,6 +34,9 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
 
     Columns ``[id, x, y]`` (float32) in dataset order; the metadata carries a picture of the map.
     """
+    # Imported here: numba compiles on import, and the definitions load on every UI reload.
+    from atlas_assets.lib.project import layout_name, project
+
     start = perf_counter()
     paths = store.paths(context.partition_key)
     version = dataset_version(paths)

@@ -1,4 +1,5 @@
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
@@ -9,18 +10,20 @@ from atlas_assets.defs.assets.common import (
     data_version,
     dataset_version,
     read_input,
+    read_knn,
 )
-from atlas_assets.defs.assets.projected import read_knn
 from atlas_assets.defs.metadata import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
 from atlas_assets.lib.plot import map_png
 from atlas_assets.lib.topic_tables import datum_labels, hierarchy_table, topic_metadata
-from atlas_assets.lib.topics import Encoder, build_topic_tree
 from atlas_assets.options import NomicEmbedOptions, NomicTopicOptions
 from atlas_assets.store import read_resource, resource_info, write_resource
 from atlas_assets.store.datasets import map_config
 from atlas_assets.store.files import matrix
+
+if TYPE_CHECKING:
+    from atlas_assets.lib.topics import Encoder
 
 TOPIC_RESOURCES = ("topics", "metadata", "hierarchy")
 _SPEC = {
@@ -64,6 +67,9 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
     phrases re-ranked by similarity to the topic's centroid with the map's own model, unique
     within a depth. Topics always nest, so ``enforce_topic_hierarchy`` is recorded and always holds.
     """
+    # Imported here: lib.topics needs scipy, and the definitions load on every UI reload.
+    from atlas_assets.lib.topics import build_topic_tree
+
     start = perf_counter()
     paths = store.paths(context.partition_key)
     version = dataset_version(paths)
@@ -159,7 +165,7 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
         )
 
 
-def _label_encoder(paths, store: AtlasStore) -> Encoder | None:
+def _label_encoder(paths, store: AtlasStore) -> "Encoder | None":
     """Phrases to vectors with the model that made the latent vectors, or ``None`` for uploaded
     vectors (no model shares their space)."""
     params = (resource_info(paths.resource("latent")) or {}).get("params", {})
