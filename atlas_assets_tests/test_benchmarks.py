@@ -21,6 +21,7 @@ def _last_line(capsys) -> str:
     return capsys.readouterr().out.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_embed_benchmark_runs(capsys):
     from benchmarks import embed
 
@@ -32,6 +33,7 @@ def test_embed_benchmark_runs(capsys):
     assert " fast=" in line and " nmi=" in line  # the fast path is always measured
 
 
+@pytest.mark.slow
 def test_project_benchmark_runs(capsys):
     from benchmarks import project
 
@@ -52,6 +54,7 @@ def test_clustered_vectors_are_unit_and_seeded():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_refresh_benchmark_runs(capsys, tmp_path, monkeypatch):
     from benchmarks import refresh
 
@@ -61,6 +64,7 @@ def test_refresh_benchmark_runs(capsys, tmp_path, monkeypatch):
     assert LAST_LINE.match(line).group(1) == "refresh"
 
 
+@pytest.mark.slow
 def test_scale_benchmark_runs(capsys, monkeypatch, tmp_path):
     from benchmarks import scale
 
@@ -70,6 +74,7 @@ def test_scale_benchmark_runs(capsys, monkeypatch, tmp_path):
     assert LAST_LINE.match(line).group(1) == "scale" and "peak_rss=" in line
 
 
+@pytest.mark.slow
 def test_reader_benchmark_runs(capsys, monkeypatch, tmp_path):
     from benchmarks import reader
 
@@ -79,6 +84,7 @@ def test_reader_benchmark_runs(capsys, monkeypatch, tmp_path):
     assert LAST_LINE.match(line).group(1) == "reader"
 
 
+@pytest.mark.slow
 def test_e2e_benchmark_runs(capsys, monkeypatch, tmp_path):
     from benchmarks import e2e
 
@@ -90,6 +96,7 @@ def test_e2e_benchmark_runs(capsys, monkeypatch, tmp_path):
     assert "map:20rows," in line and "checks_passed" in line
 
 
+@pytest.mark.slow
 def test_dask_embed_benchmark_runs(capsys):
     from benchmarks import dask_embed
 

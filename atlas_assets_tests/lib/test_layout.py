@@ -41,7 +41,8 @@ def test_same_seed_same_layout_on_one_thread_or_all(graph_and_init, monkeypatch)
     monkeypatch.setattr(
         layout, "_PARALLEL_FROM", 0
     )  # small as it is, lay this graph out in parallel
-    assert numba.get_num_threads() > 1, "needs a machine with more than one core"
+    if numba.get_num_threads() < 2:
+        pytest.skip("one core: there is no parallel layout to compare with the serial one")
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)

@@ -4,7 +4,7 @@ import dagster as dg
 import pyarrow.compute as pc
 
 from atlas_assets.defs.assets.common import ASSET_DEFAULTS
-from atlas_assets.defs.metadata import table_metadata
+from atlas_assets.defs.reporting import table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import id_changes
 from atlas_assets.store import read_resource, write_resource

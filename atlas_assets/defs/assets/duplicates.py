@@ -12,7 +12,7 @@ from atlas_assets.defs.assets.common import (
     read_input,
     read_knn,
 )
-from atlas_assets.defs.metadata import png_markdown, table_metadata
+from atlas_assets.defs.reporting import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
 from atlas_assets.lib.duplicates import find_duplicates, keep_priority

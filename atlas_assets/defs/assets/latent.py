@@ -13,7 +13,7 @@ from atlas_assets.defs.assets.common import (
     dataset_version,
     read_input,
 )
-from atlas_assets.defs.metadata import table_metadata
+from atlas_assets.defs.reporting import table_metadata
 from atlas_assets.defs.resources import AtlasStore, DaskCluster
 from atlas_assets.lib import embed, static_embed
 from atlas_assets.options import NomicEmbedOptions

@@ -11,7 +11,7 @@ from atlas_assets.defs.assets.common import (
     read_input,
     read_knn,
 )
-from atlas_assets.defs.metadata import png_markdown, table_metadata
+from atlas_assets.defs.reporting import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.plot import map_png
 from atlas_assets.options import NomicProjectOptions

@@ -9,7 +9,7 @@ from atlas_assets.defs.assets.common import (
     dataset_version,
     read_input,
 )
-from atlas_assets.defs.metadata import table_metadata
+from atlas_assets.defs.reporting import table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.store import write_resource

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from atlas_assets.defs.metadata import table_metadata
+from atlas_assets.defs.reporting import table_metadata
 from atlas_assets.store.files import fixed_list
 
 
