@@ -25,15 +25,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from atlas_assets.lib.embed import normalize
 from atlas_assets.lib.graph import KnnGraph
+from atlas_assets.lib.tagstore import TagStore
 
 DUPLICATE_CLASSES = ("singleton", "retention candidate", "deletion candidate")
 SINGLETON, RETENTION, DELETION = DUPLICATE_CLASSES
+# The derived tag that holds the last build's deletion candidates (``tag_duplicates``).
+DUPLICATE_TAG = "duplicates: deletion candidates"
 
 DEFAULT_EXACT_LIMIT = 100_000
 # float32 dot products of unit vectors are off by ~1e-7; a distance this close to the cutoff
@@ -79,6 +83,14 @@ class DuplicateResult:
             f"DuplicateResult({self.n_deletion} deletion candidates in {self.n_clusters} "
             f"clusters, {len(self.pairs)} pairs, {len(self.cluster_id)} rows)"
         )
+
+
+def tag_deletion_candidates(tag_db: Path, ids: list[str]) -> None:
+    """Make the derived tag :data:`DUPLICATE_TAG` hold exactly ``ids`` (created when first
+    needed, so maps without duplicates get no empty tag)."""
+    store = TagStore(tag_db)
+    if ids or (tag_db.exists() and DUPLICATE_TAG in store.counts()):
+        store.replace_members(DUPLICATE_TAG, ids, description="set by duplicate detection")
 
 
 # --------------------------------------------------------------------------------------------

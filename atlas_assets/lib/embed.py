@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import get_args
+from typing import Protocol, get_args
 
 import numpy as np
 
@@ -130,3 +130,35 @@ def embed_texts(
         if progress:
             progress(min(start + chunk, len(order)), len(order))
     return normalize(out)[inverse.reshape(-1)]
+
+
+class VectorCache(Protocol):
+    """Vectors by text hash (``store.cache.EmbeddingCache``): ``lookup`` returns which hashes
+    it holds and their vectors in place (None if it holds none), ``add`` stores new ones."""
+
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def add(self, hashes: np.ndarray, vectors: np.ndarray) -> None: ...
+
+
+def embed_missing(
+    texts: Sequence[str], cache: VectorCache, encode: Callable[[list[str]], np.ndarray]
+) -> tuple[np.ndarray, int, int]:
+    """Vectors for ``texts``: from ``cache`` where it holds them, else ``encode`` (called once,
+    on each distinct missing text) and added to the cache.
+
+    Returns the vectors, how many distinct texts were embedded now and how many rows came
+    from the cache.
+    """
+    hashes = text_hashes(texts)
+    found, vectors = cache.lookup(hashes)
+    if found.all():
+        return vectors, 0, len(texts)
+    todo, first = np.unique(hashes[~found], return_index=True)
+    rows = np.flatnonzero(~found)[first]
+    fresh = encode([texts[i] for i in rows])
+    cache.add(todo, fresh)
+    if vectors is None:
+        vectors = np.zeros((len(texts), fresh.shape[1]), np.float32)
+    vectors[~found] = fresh[np.searchsorted(todo, hashes[~found])]
+    return vectors, len(todo), int(found.sum())

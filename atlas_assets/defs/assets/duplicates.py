@@ -15,25 +15,17 @@ from atlas_assets.defs.assets.common import (
 from atlas_assets.defs.reporting import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
-from atlas_assets.lib.duplicates import find_duplicates, keep_priority
+from atlas_assets.lib.duplicates import (
+    DELETION,
+    find_duplicates,
+    keep_priority,
+    tag_deletion_candidates,
+)
 from atlas_assets.lib.plot import histogram_png
-from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.options import NomicDuplicatesOptions
 from atlas_assets.store import read_resource, write_resource
 from atlas_assets.store.datasets import map_config
 from atlas_assets.store.files import matrix
-
-DUPLICATE_TAG = "duplicates: deletion candidates"
-
-
-def tag_deletion_candidates(tag_db, table: pa.Table) -> None:
-    """Keep the derived tag of deletion candidates equal to this build's (created when first
-    needed, so maps without duplicates get no empty tag)."""
-    is_deletion = pc.equal(table.column("duplicate_class"), "deletion candidate")
-    ids = table.column(0).filter(is_deletion).to_pylist()
-    store = TagStore(tag_db)
-    if ids or (tag_db.exists() and DUPLICATE_TAG in store.counts()):
-        store.replace_members(DUPLICATE_TAG, ids, description="set by duplicate detection")
 
 
 @dg.asset(
@@ -123,6 +115,7 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
             result.duplicate_class,
         )["changed"]
     if options.tag_duplicates:
-        tag_deletion_candidates(paths.tag_db, table)
+        deletion = pc.equal(table.column("duplicate_class"), DELETION)
+        tag_deletion_candidates(paths.tag_db, ids.filter(deletion).to_pylist())
     context.log.info(f"{result.n_deletion} deletion candidates in {result.n_clusters} clusters")
     return dg.MaterializeResult(metadata=meta, data_version=data_version(version, params))

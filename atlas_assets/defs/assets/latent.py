@@ -24,36 +24,6 @@ from atlas_assets.store.files import fixed_list, matrix
 from atlas_assets.store.layout import embedding_cache_dir
 
 
-def embed_with_cache(
-    texts: list[str],
-    options: NomicEmbedOptions,
-    cache: EmbeddingCache,
-    log,
-    home: Path | None = None,
-    encode: Callable[[list[str]], np.ndarray] | None = None,
-) -> tuple[np.ndarray, int, int]:
-    """Vectors for ``texts``, embedding only texts missing from the cache.
-
-    ``cache`` must be the cache of ``options``' model and mode. In static mode the static model
-    is read from the store at ``home`` (or distilled there first, logging its progress).
-    ``encode``, when given, embeds the missing texts instead of this process (a Dask cluster).
-    Returns the vectors, how many distinct texts were embedded now and how many rows came
-    from the cache.
-    """
-    hashes = embed.text_hashes(texts)
-    found, vectors = cache.lookup(hashes)
-    if found.all():
-        return vectors, 0, len(texts)
-    todo, first = np.unique(hashes[~found], return_index=True)
-    rows = np.flatnonzero(~found)[first]
-    fresh = (encode or _in_process(options, log, home))([texts[i] for i in rows])
-    cache.add(todo, fresh)
-    if vectors is None:
-        vectors = np.zeros((len(texts), fresh.shape[1]), np.float32)
-    vectors[~found] = fresh[np.searchsorted(todo, hashes[~found])]
-    return vectors, len(todo), int(found.sum())
-
-
 def _in_process(
     options: NomicEmbedOptions, log, home: Path | None
 ) -> Callable[[list[str]], np.ndarray]:
@@ -175,14 +145,12 @@ def latent(
         key = embed.model_key(options.model, options.mode)
         cache = EmbeddingCache(embedding_cache_dir(key, store.home()))
         on_cluster = options.mode == "transformer" and dask.scheduler_address()
-        vectors, embedded, cached = embed_with_cache(
-            texts,
-            options,
-            cache,
-            context.log,
-            home=store.home(),
-            encode=_on_cluster(dask, options, context, cluster) if on_cluster else None,
+        encode = (
+            _on_cluster(dask, options, context, cluster)
+            if on_cluster
+            else _in_process(options, context.log, store.home())
         )
+        vectors, embedded, cached = embed.embed_missing(texts, cache, encode)
         params = {**options.model_dump(), "indexed_field": field}
     table = pa.table({id_field: data.column(id_field), "embedding": fixed_list(vectors)})
     write_resource(
