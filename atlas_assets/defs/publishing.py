@@ -18,9 +18,19 @@ import socket
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.compute as pc
 
 from atlas_assets.defs.resources import HOST_TAG, PID_TAG, AtlasStore
-from atlas_assets.store import DatasetPaths, SupersededError, commit, list_datasets
+from atlas_assets.lib.duplicates import DELETION, tag_deletion_candidates
+from atlas_assets.options import NomicDuplicatesOptions
+from atlas_assets.store import (
+    DatasetPaths,
+    PublishedMap,
+    SupersededError,
+    commit,
+    list_datasets,
+    read_resource,
+)
 from atlas_assets.store.publish import discard, pending_builds, process_alive
 
 _LIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
@@ -60,6 +70,27 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     return failed
 
 
+def publish(paths: DatasetPaths, build: str) -> PublishedMap:
+    """Publish what run ``build`` wrote (:func:`atlas_assets.store.commit`), then bring the tag
+    derived from the map up to date. Only a published map sets it, so a build that fails or is
+    killed never leaves its duplicates in the live tag store."""
+    current = commit(paths, build)
+    tag_published_duplicates(paths, current)
+    return current
+
+
+def tag_published_duplicates(paths: DatasetPaths, current: PublishedMap) -> None:
+    """Make the derived tag hold the published map's deletion candidates (``tag_duplicates``)."""
+    options = (current.config or {}).get("duplicate_detection")
+    if not options or "duplicates" not in current.resources:
+        return
+    if not NomicDuplicatesOptions(**options).tag_duplicates:
+        return
+    table = read_resource(current.path("duplicates"))
+    deletion = pc.equal(table.column("duplicate_class"), DELETION)
+    tag_deletion_candidates(paths.tag_db, table.column(0).filter(deletion).to_pylist())
+
+
 def publish_finished(instance: dg.DagsterInstance, datasets: list[DatasetPaths]) -> dict:
     """Commit the builds of succeeded runs, discard those of failed ones; returns what was done
     (``{"published": [...], "discarded": [...], "superseded": [...]}``, as ``dataset:run``)."""
@@ -72,7 +103,7 @@ def publish_finished(instance: dg.DagsterInstance, datasets: list[DatasetPaths])
                 continue  # another instance's run (tests); the store removes it when abandoned
             if run.status == dg.DagsterRunStatus.SUCCESS:
                 try:
-                    commit(paths, build)
+                    publish(paths, build)
                     done["published"].append(label)
                 except SupersededError:
                     done["superseded"].append(label)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from atlas_assets.store import DatasetPaths, commit
+from atlas_assets.store import DatasetPaths
 from atlas_assets.store.layout import dagster_home, ensure_dagster_home
 from atlas_assets.store.publish import discard
 
@@ -28,7 +28,12 @@ def materialize_map(paths: DatasetPaths) -> str:
 
     from atlas_assets.definitions import defs
     from atlas_assets.defs.partitions import atlas_datasets
-    from atlas_assets.defs.publishing import fail_dead_runs, process_tags, publish_finished
+    from atlas_assets.defs.publishing import (
+        fail_dead_runs,
+        process_tags,
+        publish,
+        publish_finished,
+    )
 
     with dg.DagsterInstance.get() as instance:
         fail_dead_runs(instance)  # killed builds: failed, their builds discarded just below
@@ -53,7 +58,7 @@ def materialize_map(paths: DatasetPaths) -> str:
                 f"building the map of {paths.identifier!r} failed (Dagster run {result.run_id}): "
                 f"{why}"
             )
-        commit(paths, result.run_id)
+        publish(paths, result.run_id)
         return result.run_id
 
 

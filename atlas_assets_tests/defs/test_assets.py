@@ -10,7 +10,8 @@ import pytest
 from atlas_assets import AtlasDataset
 from atlas_assets.definitions import defs
 from atlas_assets.defs.partitions import atlas_datasets
-from atlas_assets.store import RESOURCES, commit, dataset_paths, resource_info
+from atlas_assets.defs.publishing import publish
+from atlas_assets.store import RESOURCES, dataset_paths, resource_info
 from atlas_assets.store.datasets import update_meta
 
 
@@ -35,7 +36,7 @@ def materialize(partition: str, assets: set[str], *, checks: bool = True, **kwar
         selected, instance=instance, partition_key=partition, resources=loaded.resources, **kwargs
     )
     if result.success:  # what create_index and the publish_maps sensor do after a run
-        commit(dataset_paths(partition), result.run_id)
+        publish(dataset_paths(partition), result.run_id)
     return result
 
 

@@ -17,9 +17,10 @@ import numpy as np
 from atlas_assets import AtlasDataset
 from atlas_assets.definitions import defs
 from atlas_assets.defs.partitions import atlas_datasets
+from atlas_assets.defs.publishing import publish
 from atlas_assets.defs.resources import DaskCluster
 from atlas_assets.lib.embed import embed_texts, model_key, text_hashes
-from atlas_assets.store import commit, dataset_paths, resource_info
+from atlas_assets.store import dataset_paths, resource_info
 from atlas_assets.store.files import read_arrow
 from atlas_assets.store.layout import embedding_cache_dir
 from atlas_assets_tests.conftest import SAMPLE
@@ -47,7 +48,7 @@ def build(partition: str, assets: set[str] | None = None, dask: DaskCluster | No
         raise_on_error=False,
     )
     if result.success:  # what create_index and the publish_maps sensor do after a run
-        commit(dataset_paths(partition), result.run_id)
+        publish(dataset_paths(partition), result.run_id)
     return result, [e.user_message for e in instance.all_logs(result.run_id)]
 
 

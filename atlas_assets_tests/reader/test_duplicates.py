@@ -89,3 +89,27 @@ def test_class_invariant_check_names_the_problem():
     assert "more than one" in duplicate_class_problem(*two_keepers)
     crowded = (np.array(["singleton", "singleton"]), np.array([0, 0]))
     assert "shares its cluster" in duplicate_class_problem(*crowded)
+
+
+def test_a_failed_rebuild_leaves_the_derived_tag_as_published(store, arxiv, monkeypatch):
+    """The derived tag follows the published map: a rebuild that fails after its duplicates
+    were found (here in the tags step) changes neither the map nor the tag."""
+    from atlas_assets.lib.tagstore import TagStore
+
+    ds, atlas_map, frame = build_with_copies(arxiv)
+    tag = "duplicates: deletion candidates"
+    assert sorted(atlas_map.tags.get_datums_in_tag(tag)) == ["copy-3", "copy-7"]
+    third = frame.iloc[[5]].assign(arxiv_id="copy-5")
+    ds.add_data(third)
+
+    def broken(self, ids):
+        raise RuntimeError("tag snapshot crashed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TagStore, "memberships", broken)
+        with pytest.raises(RuntimeError, match="tag snapshot crashed"):
+            ds.create_index(indexed_field="abstract", topic_model=False)
+    assert sorted(ds.maps[0].tags.get_datums_in_tag(tag)) == ["copy-3", "copy-7"]
+    assert ds.maps[0].duplicates.deletion_candidates() == ["copy-3", "copy-7"]
+    rebuilt = ds.create_index(indexed_field="abstract", topic_model=False)
+    assert sorted(rebuilt.tags.get_datums_in_tag(tag)) == ["copy-3", "copy-5", "copy-7"]

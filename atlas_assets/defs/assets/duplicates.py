@@ -3,7 +3,6 @@ from time import perf_counter
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from atlas_assets.defs.assets.common import (
     ASSET_DEFAULTS,
@@ -15,12 +14,7 @@ from atlas_assets.defs.assets.common import (
 from atlas_assets.defs.reporting import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
-from atlas_assets.lib.duplicates import (
-    DELETION,
-    find_duplicates,
-    keep_priority,
-    tag_deletion_candidates,
-)
+from atlas_assets.lib.duplicates import find_duplicates, keep_priority
 from atlas_assets.lib.plot import histogram_png
 from atlas_assets.options import NomicDuplicatesOptions
 from atlas_assets.store import read_resource, write_resource
@@ -114,8 +108,5 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
             ids.to_pylist(),
             result.duplicate_class,
         )["changed"]
-    if options.tag_duplicates:
-        deletion = pc.equal(table.column("duplicate_class"), DELETION)
-        tag_deletion_candidates(paths.tag_db, ids.filter(deletion).to_pylist())
     context.log.info(f"{result.n_deletion} deletion candidates in {result.n_clusters} clusters")
     return dg.MaterializeResult(metadata=meta, data_version=data_version(version, params))

@@ -15,7 +15,8 @@ from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.store import write_resource
 
 
-# After duplicates, so the snapshot includes its derived tag (tag_duplicates).
+# After duplicates: the tag derived from them is set when a map is published
+# (defs/publishing.py), so this snapshot holds the one of the map published before this build.
 @dg.asset(
     deps=["dataset", "duplicates"],
     kinds={"python", "sqlite", "arrow"},
