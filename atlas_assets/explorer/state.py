@@ -33,6 +33,7 @@ from atlas_assets.store import (
     dataset_paths,
 )
 from atlas_assets.store.datasets import load_meta, stored_embedding_dim
+from atlas_assets.store.resources import DUPLICATE_CLASS, projected_coords
 
 # Distinct colours a colouring shows; rarer values share one "(other)" colour. Topics are all
 # coloured (hues are generated past the palette): "(other)" would hide most of a big map.
@@ -165,9 +166,8 @@ class MapView:
                 f"the projection of {self.paths.identifier!r} has {projected.num_rows} rows for "
                 f"{self.n} datums: rebuild with `atlas index {self.paths.identifier}`"
             )
-        self.x, self.y = normalize_xy(
-            projected.column("x").to_numpy(), projected.column("y").to_numpy()
-        )
+        coords = projected_coords(projected)
+        self.x, self.y = normalize_xy(coords[:, 0], coords[:, 1])
         self._lock = threading.Lock()
         self._categories: dict[str, Categories] = {}
         self._tag_store = open_tag_store(self.paths)
@@ -203,7 +203,7 @@ class MapView:
         if stored_embedding_dim(self.paths) is not None:
             return None
         built = (self.map.info("latent") or {}).get("params")
-        recorded = built or self.map.config.get("embedding") or {}
+        recorded = built or self.map.index_config.embedding.model_dump()
         return NomicEmbedOptions(
             **{k: recorded[k] for k in ("model", "mode") if recorded.get(k) is not None}
         )
@@ -254,7 +254,7 @@ class MapView:
             {"key": c, "label": f"topic (depth {c.rsplit('_', 1)[1]})"} for c in self.topic_depths
         ]
         if self.duplicates is not None:
-            options.append({"key": "duplicate_class", "label": "duplicate class"})
+            options.append({"key": DUPLICATE_CLASS, "label": "duplicate class"})
         options.append({"key": "tag", "label": "tag"})
         options += [{"key": f"field:{f}", "label": f} for f in self.categorical_fields]
         return options
@@ -356,9 +356,9 @@ class MapView:
             return categorize(
                 pa.array(self.topics[by], pa.string(), from_pandas=True), MAX_TOPIC_CATEGORIES
             )
-        if by == "duplicate_class" and self.duplicates is not None:
+        if by == DUPLICATE_CLASS and self.duplicates is not None:
             return categorize(
-                pa.array(self.duplicates["duplicate_class"], pa.string(), from_pandas=True)
+                pa.array(self.duplicates[DUPLICATE_CLASS], pa.string(), from_pandas=True)
             )
         if by.startswith("field:") and by[len("field:") :] in self.categorical_fields:
             return categorize(self.table.column(by[len("field:") :]))
@@ -410,7 +410,7 @@ class MapView:
             for column in self.topic_depths:
                 extra[column] = display_value(self.topics[column].iat[index])
         if self.duplicates is not None:
-            extra["duplicate_class"] = display_value(self.duplicates["duplicate_class"].iat[index])
+            extra[DUPLICATE_CLASS] = display_value(self.duplicates[DUPLICATE_CLASS].iat[index])
         members = self._tag_store.memberships([datum_id])
         return {
             "index": index,

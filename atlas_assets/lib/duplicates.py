@@ -34,8 +34,14 @@ from atlas_assets.lib.embed import normalize
 from atlas_assets.lib.graph import KnnGraph
 from atlas_assets.lib.tagstore import TagStore
 
-DUPLICATE_CLASSES = ("singleton", "retention candidate", "deletion candidate")
-SINGLETON, RETENTION, DELETION = DUPLICATE_CLASSES
+# The class names are part of the stored schema, so the store names them; re-exported here.
+from atlas_assets.store.resources import (  # noqa: F401
+    DELETION,
+    DUPLICATE_CLASSES,
+    RETENTION,
+    SINGLETON,
+)
+
 # The derived tag that holds the last build's deletion candidates (``tag_duplicates``).
 DUPLICATE_TAG = "duplicates: deletion candidates"
 

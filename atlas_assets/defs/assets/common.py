@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import dagster as dg
-import pyarrow as pa
 
 from atlas_assets.defs.partitions import atlas_datasets
-from atlas_assets.lib.graph import KnnGraph
 from atlas_assets.store import (
     DatasetPaths,
     ResourceNotReadyError,
@@ -18,7 +17,6 @@ from atlas_assets.store import (
     read_resource,
     resource_info,
 )
-from atlas_assets.store.files import matrix
 
 ASSET_DEFAULTS: dict[str, Any] = {
     "partitions_def": atlas_datasets,
@@ -34,19 +32,24 @@ def dataset_version(paths: DatasetPaths) -> str:
     return info["dataset_version"]
 
 
-def read_input(paths: DatasetPaths, name: str, version: str) -> pa.Table:
-    """An upstream resource at ``version``, or a failure naming the asset to materialize."""
+_T = TypeVar("_T")
+
+
+def read_input(
+    paths: DatasetPaths,
+    name: str,
+    version: str,
+    read: Callable[..., _T] = read_resource,
+) -> _T:
+    """An upstream resource at ``version``, read by ``read`` (a typed reader of
+    :mod:`atlas_assets.store.resources`, or the whole table), or a failure naming the asset to
+    materialize."""
     try:
-        return read_resource(paths.resource(name), expected_version=version)
+        return read(paths.resource(name), expected_version=version)
     except ResourceNotReadyError:
         raise dg.Failure(f"{paths.identifier}: materialize the {name!r} asset first") from None
     except StaleResourceError as err:
         raise dg.Failure(f"{paths.identifier}: {err}; re-materialize {name!r}") from None
-
-
-def read_knn(table: pa.Table) -> KnnGraph:
-    """The kNN graph stored by the ``knn_graph`` asset."""
-    return KnnGraph(matrix(table.column("neighbors")), matrix(table.column("distances")))
 
 
 def data_version(version: str, params: dict[str, Any]) -> dg.DataVersion:

@@ -17,11 +17,12 @@ from atlas_assets.defs.reporting import table_metadata
 from atlas_assets.defs.resources import AtlasStore, DaskCluster
 from atlas_assets.lib import embed, static_embed
 from atlas_assets.options import NomicEmbedOptions
-from atlas_assets.store import resource_info, write_resource
+from atlas_assets.store import resource_info
 from atlas_assets.store.cache import EmbeddingCache
-from atlas_assets.store.datasets import EMBEDDING_COLUMN, map_config, read_shards
-from atlas_assets.store.files import fixed_list, matrix
+from atlas_assets.store.datasets import EMBEDDING_COLUMN, index_config, read_shards
+from atlas_assets.store.files import matrix
 from atlas_assets.store.layout import embedding_cache_dir
+from atlas_assets.store.resources import write_latent
 
 
 def _in_process(
@@ -130,8 +131,7 @@ def latent(
     paths = store.paths(context.partition_key)
     version = dataset_version(paths)
     data = read_input(paths, "dataset", version)
-    config = map_config(paths)
-    id_field = data.column_names[0]
+    config = index_config(paths)
     shard_names = resource_info(paths.resource("dataset"))["params"]["shards"]
     uploaded = read_shards(paths, [EMBEDDING_COLUMN], names=shard_names)
     cluster: dict[str, Any] = {}
@@ -139,8 +139,8 @@ def latent(
         vectors = embed.normalize(matrix(uploaded.column(EMBEDDING_COLUMN)))
         params, embedded, cached = {"model": "uploaded embeddings"}, 0, 0
     else:
-        options = NomicEmbedOptions(**config.get("embedding", {}))
-        field = config["indexed_field"]
+        options = config.embedding
+        field = config.indexed_field
         texts = [t or "" for t in data.column(field).cast(pa.string()).to_pylist()]
         key = embed.model_key(options.model, options.mode)
         cache = EmbeddingCache(embedding_cache_dir(key, store.home()))
@@ -152,15 +152,11 @@ def latent(
         )
         vectors, embedded, cached = embed.embed_missing(texts, cache, encode)
         params = {**options.model_dump(), "indexed_field": field}
-    table = pa.table({id_field: data.column(id_field), "embedding": fixed_list(vectors)})
-    write_resource(
-        paths.output("latent"), table, resource="latent", dataset_version=version, params=params
-    )
+    ids = data.select([0])
+    write_latent(paths.output("latent"), ids, vectors, dataset_version=version, params=params)
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(
-                table.select([id_field]), seconds=perf_counter() - start, params=params
-            ),
+            **table_metadata(ids, seconds=perf_counter() - start, params=params),
             "dimensions": int(vectors.shape[1]),
             "embedded_now": embedded,
             "from_cache": cached,

@@ -10,17 +10,16 @@ from atlas_assets.defs.assets.common import (
     data_version,
     dataset_version,
     read_input,
-    read_knn,
 )
 from atlas_assets.defs.reporting import png_markdown, table_metadata
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
 from atlas_assets.lib.plot import map_png
 from atlas_assets.lib.topic_tables import datum_labels, hierarchy_table, topic_metadata
-from atlas_assets.options import NomicEmbedOptions, NomicTopicOptions
+from atlas_assets.options import NomicEmbedOptions
 from atlas_assets.store import read_resource, resource_info, write_resource
-from atlas_assets.store.datasets import map_config
-from atlas_assets.store.files import matrix
+from atlas_assets.store.datasets import index_config
+from atlas_assets.store.resources import read_knn, read_latent, read_projected
 
 if TYPE_CHECKING:
     from atlas_assets.lib.topics import Encoder
@@ -73,20 +72,19 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
     start = perf_counter()
     paths = store.paths(context.partition_key)
     version = dataset_version(paths)
-    config = map_config(paths)
-    options = NomicTopicOptions(**(config.get("topic_model") or {"build_topic_model": False}))
-    if not options.build_topic_model:
+    config = index_config(paths)
+    options = config.topic_model
+    if not config.topics_enabled:
         for name in TOPIC_RESOURCES:
             paths.drop(name)
         for name in TOPIC_RESOURCES:
             yield dg.MaterializeResult(asset_key=name, metadata={"enabled": False})
         return
     data = read_input(paths, "dataset", version)
-    latent = matrix(read_input(paths, "latent", version).column("embedding"))
-    knn = read_knn(read_input(paths, "knn_graph", version))
-    projected = read_input(paths, "projected", version)
-    coords = np.column_stack([projected.column("x").to_numpy(), projected.column("y").to_numpy()])
-    field = options.topic_label_field or config.get("indexed_field")
+    latent = read_input(paths, "latent", version, read_latent)
+    knn = read_input(paths, "knn_graph", version, read_knn)
+    coords = read_input(paths, "projected", version, read_projected)
+    field = options.topic_label_field or config.indexed_field
     texts = (
         data.column(field).cast(pa.string()).fill_null("").to_pylist()
         if field
