@@ -1,20 +1,12 @@
-from time import perf_counter
-
 import dagster as dg
 import pyarrow as pa
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-)
-from atlas_assets.defs.reporting import png_markdown, table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
+from atlas_assets.defs.reporting import png_markdown
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
 from atlas_assets.lib.duplicates import find_duplicates, keep_priority
 from atlas_assets.lib.plot import histogram_png
-from atlas_assets.store import read_resource
 from atlas_assets.store.datasets import index_config
 from atlas_assets.store.resources import (
     DUPLICATE_CLASS,
@@ -41,17 +33,14 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
     rest "deletion candidate"; every other datum is a "singleton" with a cluster of its own.
     The pairs and their distances are kept beside it (``duplicates.pairs()``).
     """
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    config = index_config(paths)
+    build = Build.start(context, store)
+    config = index_config(build.paths)
     options = config.duplicate_detection
     if options is None:
-        paths.drop("duplicates")
-        return dg.MaterializeResult(metadata={"enabled": False})
-    data = read_input(paths, "dataset", version)
-    latent = read_input(paths, "latent", version, read_latent)
-    knn = read_input(paths, "knn_graph", version, read_knn)
+        return build.disabled("duplicates")
+    data = build.read("dataset")
+    latent = build.read("latent", read_latent)
+    knn = build.read("knn_graph", read_knn)
     field = config.indexed_field
     texts = data.column(field).cast(pa.string()).fill_null("").to_pylist() if field else None
     fields = data.to_pandas() if ":" in options.keep else None  # only field rules need them
@@ -64,19 +53,17 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
     pairs = duplicate_pairs_table(
         ids, result.pairs["i"], result.pairs["j"], result.pairs["distance"]
     )
-    previous = paths.resource("duplicates")
-    before = read_resource(previous).to_pandas() if previous.is_file() else None
+    before = build.previous("duplicates")
     params = options.model_dump()
     write_duplicates(
-        paths.output("duplicates"),
-        paths.output("duplicates", "pairs"),
+        build.output("duplicates"),
+        build.output("duplicates", "pairs"),
         table,
         pairs,
-        dataset_version=version,
-        params=params,
+        **build.lineage(params),
     )
+    seconds = build.seconds()
     meta = {
-        **table_metadata(table, seconds=perf_counter() - start, params=params),
         "deletion_candidates": result.n_deletion,
         "clusters": result.n_clusters,
         "pairs": len(pairs),
@@ -90,6 +77,7 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
         ),
     }
     if before is not None:
+        before = before.to_pandas()
         meta["changed_class"] = label_changes(
             before[id_field],
             before[DUPLICATE_CLASS],
@@ -97,4 +85,4 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
             result.duplicate_class,
         )["changed"]
     context.log.info(f"{result.n_deletion} deletion candidates in {result.n_clusters} clusters")
-    return dg.MaterializeResult(metadata=meta, data_version=data_version(version, params))
+    return build.result(table, params=params, metadata=meta, seconds=seconds)

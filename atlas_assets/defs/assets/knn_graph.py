@@ -1,14 +1,6 @@
-from time import perf_counter
-
 import dagster as dg
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-)
-from atlas_assets.defs.reporting import table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.store.datasets import index_config
 from atlas_assets.store.resources import read_ids, read_latent, write_knn
@@ -30,16 +22,11 @@ def knn_graph(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     # Imported here: numba compiles on import, and the definitions load on every UI reload.
     from atlas_assets.lib.knn import knn_graph as build_knn_graph
 
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    ids = read_input(paths, "latent", version, read_ids)
-    projection = index_config(paths).projection
+    build = Build.start(context, store)
+    ids = build.read("latent", read_ids)
+    projection = index_config(build.paths).projection
     k = max(MIN_NEIGHBORS, projection.umap_params()["n_neighbors"] - 1)
-    graph = build_knn_graph(read_input(paths, "latent", version, read_latent), k)
+    graph = build_knn_graph(build.read("latent", read_latent), k)
     params = {"k": k}
-    write_knn(paths.output("knn_graph"), ids, graph, dataset_version=version, params=params)
-    return dg.MaterializeResult(
-        metadata={**table_metadata(ids, seconds=perf_counter() - start, params=params)},
-        data_version=data_version(version, params),
-    )
+    write_knn(build.output("knn_graph"), ids, graph, **build.lineage(params))
+    return build.result(ids, params=params)

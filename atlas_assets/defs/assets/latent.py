@@ -1,19 +1,12 @@
 from collections.abc import Callable
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-)
-from atlas_assets.defs.reporting import table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
 from atlas_assets.defs.resources import AtlasStore, DaskCluster
 from atlas_assets.lib import embed, static_embed
 from atlas_assets.options import NomicEmbedOptions
@@ -127,13 +120,11 @@ def latent(
     address (the ``dask`` resource or ``ATLAS_DASK_ADDRESS``), transformer texts are embedded as
     tasks on that cluster; uploaded vectors and the static mode never need it.
     """
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    data = read_input(paths, "dataset", version)
-    config = index_config(paths)
-    shard_names = resource_info(paths.resource("dataset"))["params"]["shards"]
-    uploaded = read_shards(paths, [EMBEDDING_COLUMN], names=shard_names)
+    build = Build.start(context, store)
+    data = build.read("dataset")
+    config = index_config(build.paths)
+    shard_names = resource_info(build.paths.resource("dataset"))["params"]["shards"]
+    uploaded = read_shards(build.paths, [EMBEDDING_COLUMN], names=shard_names)
     cluster: dict[str, Any] = {}
     if EMBEDDING_COLUMN in uploaded.column_names:
         vectors = embed.normalize(matrix(uploaded.column(EMBEDDING_COLUMN)))
@@ -153,14 +144,14 @@ def latent(
         vectors, embedded, cached = embed.embed_missing(texts, cache, encode)
         params = {**options.model_dump(), "indexed_field": field}
     ids = data.select([0])
-    write_latent(paths.output("latent"), ids, vectors, dataset_version=version, params=params)
-    return dg.MaterializeResult(
+    write_latent(build.output("latent"), ids, vectors, **build.lineage(params))
+    return build.result(
+        ids,
+        params=params,
         metadata={
-            **table_metadata(ids, seconds=perf_counter() - start, params=params),
             "dimensions": int(vectors.shape[1]),
             "embedded_now": embedded,
             "from_cache": cached,
             **cluster,
         },
-        data_version=data_version(version, params),
     )

@@ -1,14 +1,7 @@
-from time import perf_counter
-
 import dagster as dg
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-)
-from atlas_assets.defs.reporting import png_markdown, table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
+from atlas_assets.defs.reporting import png_markdown
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.plot import map_png
 from atlas_assets.store.datasets import index_config
@@ -32,25 +25,19 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     # Imported here: numba compiles on import, and the definitions load on every UI reload.
     from atlas_assets.lib.project import layout_name, project
 
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    ids = read_input(paths, "latent", version, read_ids)
-    latent = read_input(paths, "latent", version, read_latent)
-    knn = read_input(paths, "knn_graph", version, read_knn)
-    options = index_config(paths).projection
+    build = Build.start(context, store)
+    ids = build.read("latent", read_ids)
+    latent = build.read("latent", read_latent)
+    knn = build.read("knn_graph", read_knn)
+    options = index_config(build.paths).projection
     # The parameters as used (None resolved) and which implementation ran are recorded (and so
     # are part of the data version).
     params = {**options.model_dump(), **options.umap_params(), "layout": layout_name(options.model)}
     context.log.info(f"projecting {len(latent)} points with UMAP ({params})")
     coords = project(latent, knn, model=options.model, **options.umap_params())
-    table = write_projected(
-        paths.output("projected"), ids, coords, dataset_version=version, params=params
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(table, seconds=perf_counter() - start, params=params),
-            "map": png_markdown(map_png(coords, title=paths.identifier)),
-        },
-        data_version=data_version(version, params),
+    table = write_projected(build.output("projected"), ids, coords, **build.lineage(params))
+    return build.result(
+        table,
+        params=params,
+        metadata={"map": png_markdown(map_png(coords, title=build.paths.identifier))},
     )

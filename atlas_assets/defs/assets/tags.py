@@ -1,15 +1,7 @@
-from time import perf_counter
-
 import dagster as dg
 import pyarrow as pa
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-)
-from atlas_assets.defs.reporting import table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build, data_version
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.store import write_resource
@@ -30,10 +22,9 @@ def tags(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materialize
     explorer), so they survive re-indexing; this asset records their counts over time and lets
     downstream assets depend on them.
     """
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    data = read_input(paths, "dataset", version)
+    build = Build.start(context, store)
+    paths = build.paths
+    data = build.read("dataset")
     ids = data.column(0)
     members = TagStore(paths.tag_db).memberships(ids.to_pylist()) if paths.tag_db.exists() else {}
     table = pa.table(
@@ -41,14 +32,10 @@ def tags(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materialize
     )
     counts = {name: int(mask.sum()) for name, mask in members.items()}
     params = {"tags": counts}
-    write_resource(
-        paths.output("tags"), table, resource="tags", dataset_version=version, params=params
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(table, seconds=perf_counter() - start),
-            "tag_counts": dg.MetadataValue.json(counts),
-            "tags": len(counts),
-        },
-        data_version=data_version(version, params),
+    write_resource(build.output("tags"), table, resource="tags", **build.lineage(params))
+    # The counts are metadata of their own, not "parameters"; they still make the data version.
+    return build.result(
+        table,
+        metadata={"tag_counts": dg.MetadataValue.json(counts), "tags": len(counts)},
+        version=data_version(build.version, params),
     )
