@@ -78,7 +78,7 @@ def categorize(values: pa.Array | pa.ChunkedArray, limit: int = MAX_CATEGORIES) 
     """Codes for a column: the ``limit - 1`` most frequent values, then "(other)", "(none)"."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+    if not pa.types.is_string(values.type):
         values = values.cast(pa.string())
     encoded = pc.dictionary_encode(values)
     dictionary = encoded.dictionary.to_pylist()
@@ -189,8 +189,7 @@ class MapView:
         return [
             f.name
             for f in self.table.schema
-            if f.name != self.id_field
-            and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+            if f.name != self.id_field and pa.types.is_string(f.type)
         ]
 
     @cached_property
@@ -234,12 +233,9 @@ class MapView:
             kind = field.type
             if field.name in (self.id_field, self.indexed_field):
                 continue
+            # Stored text is plain strings: lib.validate casts large and dictionary ones.
             if not (
-                pa.types.is_string(kind)
-                or pa.types.is_large_string(kind)
-                or pa.types.is_boolean(kind)
-                or pa.types.is_integer(kind)
-                or pa.types.is_dictionary(kind)
+                pa.types.is_string(kind) or pa.types.is_boolean(kind) or pa.types.is_integer(kind)
             ):
                 continue
             distinct = pc.count_distinct(sample.column(field.name), mode="all").as_py()

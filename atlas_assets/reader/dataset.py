@@ -491,10 +491,8 @@ class AtlasDataset:
                 raise ValueError(
                     f"indexed_field {indexed_field!r} is not a column; columns are {schema.names}"
                 )
-            if not (
-                pa.types.is_string(schema.field(indexed_field).type)
-                or pa.types.is_large_string(schema.field(indexed_field).type)
-            ):
+            # Stored text is plain strings: lib.validate casts large and dictionary ones.
+            if not pa.types.is_string(schema.field(indexed_field).type):
                 raise ValueError(
                     f"indexed_field {indexed_field!r} must be a text column, "
                     f"got {schema.field(indexed_field).type}"

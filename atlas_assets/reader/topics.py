@@ -112,8 +112,7 @@ class AtlasMapTopics:
         if not (
             pa.types.is_timestamp(column.type)
             or pa.types.is_date(column.type)
-            or pa.types.is_string(column.type)
-            or pa.types.is_large_string(column.type)
+            or pa.types.is_string(column.type)  # stored text is never large_string
         ):
             raise ValueError(f"field {time_field!r} holds {column.type}, not timestamps")
         try:
