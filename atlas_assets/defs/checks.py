@@ -15,6 +15,7 @@ from atlas_assets.store.resources import (
     RETENTION,
     SINGLETON,
     read_latent,
+    topic_column,
 )
 
 # Per-datum resources that must list exactly the dataset's ids, in its order.
@@ -123,7 +124,7 @@ def every_datum_has_a_topic(
     paths = store.paths(context.partition_key)
     if skipped := _skipped(paths, "topics"):
         return skipped
-    missing = read_resource(paths.resource("topics")).column("topic_depth_1").null_count
+    missing = read_resource(paths.resource("topics")).column(topic_column(1)).null_count
     return dg.AssetCheckResult(passed=missing == 0, metadata={"missing": int(missing)})
 
 

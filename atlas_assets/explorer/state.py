@@ -33,7 +33,7 @@ from atlas_assets.store import (
     dataset_paths,
 )
 from atlas_assets.store.datasets import load_meta, stored_embedding_dim
-from atlas_assets.store.resources import DUPLICATE_CLASS, projected_coords
+from atlas_assets.store.resources import DUPLICATE_CLASS, TOPIC_COLUMN_PREFIX, projected_coords
 
 # Distinct colours a colouring shows; rarer values share one "(other)" colour. Topics are all
 # coloured (hues are generated past the palette): "(other)" would hide most of a big map.
@@ -217,7 +217,7 @@ class MapView:
     def topic_depths(self) -> list[str]:
         if self.topics is None:
             return []
-        return sorted(c for c in self.topics.columns if c.startswith("topic_depth_"))
+        return sorted(c for c in self.topics.columns if c.startswith(TOPIC_COLUMN_PREFIX))
 
     @cached_property
     def duplicates(self) -> pd.DataFrame | None:

@@ -35,6 +35,13 @@ X, Y = "x", "y"
 DUPLICATE_CLASS, CLUSTER_ID, PAIR_DISTANCE = "duplicate_class", "cluster_id", "distance"
 DUPLICATE_CLASSES = ("singleton", "retention candidate", "deletion candidate")
 SINGLETON, RETENTION, DELETION = DUPLICATE_CLASSES
+# topics: [id, topic_depth_1, ..., topic_depth_D]; metadata names each topic's path the same way
+TOPIC_COLUMN_PREFIX = "topic_depth_"
+
+
+def topic_column(depth: int) -> str:
+    """The column of each datum's (or topic's) label at ``depth`` (1 is the top)."""
+    return f"{TOPIC_COLUMN_PREFIX}{depth}"
 
 
 def _write(
