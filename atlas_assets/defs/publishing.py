@@ -32,6 +32,7 @@ from atlas_assets.store import (
     read_resource,
 )
 from atlas_assets.store.publish import discard, pending_builds, process_alive
+from atlas_assets.store.tags import tag_store
 
 _LIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
@@ -88,7 +89,7 @@ def tag_published_duplicates(paths: DatasetPaths, current: PublishedMap) -> None
         return
     table = read_resource(current.path("duplicates"))
     deletion = pc.equal(table.column("duplicate_class"), DELETION)
-    tag_deletion_candidates(paths.tag_db, table.column(0).filter(deletion).to_pylist())
+    tag_deletion_candidates(tag_store(paths), table.column(0).filter(deletion).to_pylist())
 
 
 def publish_finished(instance: dg.DagsterInstance, datasets: list[DatasetPaths]) -> dict:

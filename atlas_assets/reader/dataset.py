@@ -576,7 +576,11 @@ class AtlasDataset:
         dataset, keeps its vectors. Waits for a running build of the dataset to end first.
         """
         self._refresh()
+        from atlas_assets.store.tags import tag_store
+
         with locked(self._paths.build_lock), locked(self._paths.lock):
+            # Tags first: a shared tag database that cannot be reached leaves the dataset whole.
+            tag_store(self._paths).drop()
             shutil.rmtree(self._paths.root)
         from atlas_assets.reader.run import forget_partition
 

@@ -11,6 +11,7 @@ import os
 from atlas_assets.store import DatasetPaths
 from atlas_assets.store.layout import dagster_home, ensure_dagster_home
 from atlas_assets.store.publish import discard
+from atlas_assets.store.tags import check_tags_setting
 
 
 def _root_message(error) -> str:
@@ -24,6 +25,7 @@ def materialize_map(paths: DatasetPaths) -> str:
     """Build every map resource of ``paths``'s partition and publish the map; returns the
     Dagster run id. Until the run has succeeded, readers keep the previous map."""
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
+    check_tags_setting()  # the tags step and publishing need it: say so before building
     import dagster as dg  # imported here: reading a map never needs Dagster
 
     from atlas_assets.definitions import defs

@@ -11,8 +11,8 @@ from atlas_assets.defs.assets.common import (
 )
 from atlas_assets.defs.reporting import table_metadata
 from atlas_assets.defs.resources import AtlasStore
-from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.store import write_resource
+from atlas_assets.store.tags import tag_store
 
 
 # After duplicates: the tag derived from them is set when a map is published
@@ -26,16 +26,18 @@ from atlas_assets.store import write_resource
 def tags(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
     """A snapshot of the live tag store: ``[id, <one bool column per tag>]`` in dataset order.
 
-    Tags are kept by datum id in the dataset's SQLite store (shared with Python and the map
-    explorer), so they survive re-indexing; this asset records their counts over time and lets
-    downstream assets depend on them.
+    Tags are kept by datum id in the dataset's live store (SQLite beside the data, or the
+    PostgreSQL database of ``ATLAS_TAGS_URL``; shared with Python and the map explorer), so
+    they survive re-indexing; this asset records their counts over time and lets downstream
+    assets depend on them.
     """
     start = perf_counter()
     paths = store.paths(context.partition_key)
     version = dataset_version(paths)
     data = read_input(paths, "dataset", version)
     ids = data.column(0)
-    members = TagStore(paths.tag_db).memberships(ids.to_pylist()) if paths.tag_db.exists() else {}
+    live = tag_store(paths)
+    members = live.memberships(ids.to_pylist()) if live.exists() else {}
     table = pa.table(
         {data.column_names[0]: ids, **{name: pa.array(mask) for name, mask in members.items()}}
     )
