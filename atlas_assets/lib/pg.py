@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+# A SQLAlchemy driver suffix (postgresql+psycopg2://) is accepted and dropped for libpq.
 SCHEMES = ("postgresql", "postgres")
+DRIVERS = ("", "psycopg2", "psycopg")
 # Seconds to wait for a server that does not answer (a firewalled host) before saying so.
 CONNECT_TIMEOUT_S = 10
 
@@ -33,10 +35,12 @@ def redact(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
 
 
-def check_url(url: str, setting: str) -> str:
+def check_url(url: str, setting: str, *, driver: str | None = None) -> str:
     """``url`` if it is a usable ``postgresql://user[:password]@host[:port]/database[?...]``
-    URL, else a ``ValueError`` naming ``setting`` and what is wrong."""
-    form = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    URL (``postgresql+DRIVER://`` too), else a ``ValueError`` naming ``setting`` and what is
+    wrong. ``driver``: the SQLAlchemy driver the URL must name (``psycopg2``), if any."""
+    scheme_form = f"postgresql+{driver}" if driver else "postgresql"
+    form = f"{scheme_form}://USER:PASSWORD@HOST:PORT/DATABASE"
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"{setting} is empty; expected {form}")
     url = url.strip()
@@ -47,10 +51,18 @@ def check_url(url: str, setting: str) -> str:
         raise ValueError(
             f"{setting} is not a valid URL ({exc}): {redact(url)}; expected {form}"
         ) from None
-    if parts.scheme not in SCHEMES:
+    base, _, named = parts.scheme.partition("+")
+    if base not in SCHEMES or named not in DRIVERS:
         raise ValueError(
-            f"{setting} must start with postgresql:// (got {parts.scheme or 'no'} scheme in "
+            f"{setting} must start with {scheme_form}:// (got {parts.scheme or 'no'} scheme in "
             f"{redact(url)}); expected {form}"
+        )
+    if driver and named != driver:
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, with which dagster-postgres
+        # 0.29 fails at the first run event (its NOTIFY takes a bound parameter).
+        raise ValueError(
+            f"{setting} must name the {driver} driver, which Dagster's PostgreSQL storage "
+            f"needs: {scheme_form}://... (got {redact(url)})"
         )
     if not parts.hostname:
         raise ValueError(f"{setting} names no host: {redact(url)}; expected {form}")
@@ -62,10 +74,16 @@ def check_url(url: str, setting: str) -> str:
     return url
 
 
+def libpq_url(url: str) -> str:
+    """``url`` without a SQLAlchemy driver suffix, as libpq (psycopg) reads URLs."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.partition("+")[0] + sep + rest
+
+
 def connect(url: str, setting: str, **kwargs: Any):
     """A psycopg 3 connection to ``url`` (checked first); a :class:`DatabaseUnavailable` naming
     ``setting`` when the server is unreachable or refuses the credentials."""
-    check_url(url, setting)
+    url = libpq_url(check_url(url, setting))
     try:
         import psycopg
     except ImportError as exc:

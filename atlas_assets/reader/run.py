@@ -7,6 +7,7 @@ its logs, metadata and lineage, exactly like a run launched there.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from atlas_assets.store import DatasetPaths
 from atlas_assets.store.layout import dagster_home, ensure_dagster_home
@@ -21,11 +22,19 @@ def _root_message(error) -> str:
     return error.message.strip()
 
 
+def check_build_settings() -> Path:
+    """The settings every build needs, checked before anything is written: the live tag store
+    (``ATLAS_TAGS_URL``), then the Dagster instance (``ATLAS_DAGSTER_PG_URL``; its
+    ``dagster.yaml`` is written once that is known good). One error names the setting that is
+    wrong. Returns the instance folder."""
+    check_tags_setting()
+    return ensure_dagster_home()
+
+
 def materialize_map(paths: DatasetPaths) -> str:
     """Build every map resource of ``paths``'s partition and publish the map; returns the
     Dagster run id. Until the run has succeeded, readers keep the previous map."""
-    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
-    check_tags_setting()  # the tags step and publishing need it: say so before building
+    os.environ["DAGSTER_HOME"] = str(check_build_settings())
     import dagster as dg  # imported here: reading a map never needs Dagster
 
     from atlas_assets.definitions import defs
