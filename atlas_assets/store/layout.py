@@ -100,6 +100,17 @@ _POSTGRES_YAML = (
 )
 
 
+def check_dagster_pg_url() -> str | None:
+    """``$ATLAS_DAGSTER_PG_URL`` checked (its form, then a connection), writing nothing; ``None``
+    when unset (SQLite). A ``ValueError`` or ``DatabaseUnavailable`` names the setting."""
+    url = os.environ.get(DAGSTER_PG_URL, "").strip()
+    if url:
+        from atlas_assets.lib.pg import check_reachable, check_url
+
+        check_reachable(check_url(url, DAGSTER_PG_URL, driver="psycopg2"), DAGSTER_PG_URL)
+    return url or None
+
+
 def ensure_dagster_home() -> Path:
     """Create the Dagster instance folder with a ``dagster.yaml`` (telemetry off: nothing leaves
     this machine); returns the folder.
@@ -113,11 +124,7 @@ def ensure_dagster_home() -> Path:
     says so); one the user wrote is left alone, unless the variable is set and the file does not
     configure PostgreSQL storage, which is refused rather than silently ignored.
     """
-    url = os.environ.get(DAGSTER_PG_URL, "").strip()
-    if url:
-        from atlas_assets.lib.pg import check_reachable, check_url
-
-        check_reachable(check_url(url, DAGSTER_PG_URL, driver="psycopg2"), DAGSTER_PG_URL)
+    url = check_dagster_pg_url()
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
