@@ -434,3 +434,30 @@ def test_two_processes_adding_and_removing_500_tags_lose_nothing(new_store):
     counts = store.counts()
     assert set(counts) == {"shared"} | {f"w{w}-t{i}" for w, i in kept}
     assert all(counts[f"w{w}-t{i}"] == 1 for w, i in kept)
+
+
+def _create_in_step(store: BaseTagStore, worker: int, rounds: int, barrier) -> None:
+    for i in range(rounds):
+        barrier.wait(60)  # both writers create the same new tag at the same moment
+        store.add([f"w{worker}"], f"t{i}")
+
+
+def test_writers_creating_the_same_tag_at_once_both_succeed(new_store):
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    store, rounds = new_store(), 60
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_create_in_step, args=(store, w, rounds, barrier)) for w in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert store.counts() == {f"t{i}": 2 for i in range(rounds)}
+    # Each tag was made once: one id, one colour in creation order.
+    tags = store.get_tags()
+    assert len({t["tag_id"] for t in tags}) == rounds
+    assert [t["metadata"]["color"] for t in tags] == [
+        PALETTE[i % len(PALETTE)] for i in range(rounds)
+    ]
