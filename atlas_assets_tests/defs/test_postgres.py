@@ -1,19 +1,24 @@
 """The Dagster instance and the live tags on PostgreSQL (a real server, the ``postgres`` fixture).
 
 With ``ATLAS_DAGSTER_PG_URL`` and ``ATLAS_TAGS_URL`` set, a build from Python, a build of the
-inbox sensor's run request (as the daemon or the UI launches it), the publishing sensor and the
-refresh schedule all run against one PostgreSQL database, and nothing is kept in SQLite. Bad
-settings fail first, with one error naming the setting.
+inbox sensor's run request (build_map for its partition, run in this process: no daemon or run
+launcher here), the publishing sensor and the refresh schedule all run against one PostgreSQL
+database, and nothing is kept in SQLite. Bad settings fail first, with one error naming the
+setting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -83,7 +88,7 @@ def test_builds_sensors_and_schedule_run_on_postgres(on_postgres, store, arxiv, 
     assert not [p.name for p in (store / ".dagster").rglob("*.db")]
 
     # The inbox sensor on the same instance: a partition and a run request, which is then
-    # launched as the daemon or the UI launches build_map, and published by the sensor.
+    # run (in this process, on the same instance) and published by the publishing sensor.
     inbox = store / "inbox" / "dropped"
     inbox.mkdir(parents=True)
     (inbox / "atlas.json").write_text(
@@ -223,3 +228,72 @@ def test_the_cli_says_which_setting_is_wrong_without_a_traceback(store, postgres
         'failed for user "atlas"'
     ]
     assert main(["tags", "cli"]) == 0  # the default store was not touched
+
+
+def test_the_daemon_runs_launched_runs_and_the_inbox_sensor_on_postgres(on_postgres, store, arxiv):
+    """The real thing, in processes of its own: a run launched as the UI launches one (queued
+    in PostgreSQL), and a file dropped in the inbox; the Dagster daemon dequeues and launches
+    the first, ticks the inbox sensor, launches its run, and the publishing sensor publishes
+    both maps."""
+    from atlas_assets.defs.partitions import atlas_datasets
+    from atlas_assets.inbox import SETTLE_SECONDS
+    from atlas_assets.store import dataset_paths, published
+
+    root = Path(__file__).resolve().parents[2]
+    bin_dir = Path(sys.executable).parent
+    ds = AtlasDataset("launched", unique_id_field="arxiv_id")
+    ds.add_data(arxiv.head(12))
+    ds.configure_index(indexed_field="title")
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(atlas_datasets.name, ["launched"])
+    subprocess.run(
+        [str(bin_dir / "dagster"), "job", "launch", "-w", "workspace.yaml", "-j", "build_map"]
+        + ["--tags", json.dumps({"dagster/partition": "launched"})],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    inbox = store / "inbox" / "dropped"
+    inbox.mkdir(parents=True)
+    (inbox / "atlas.json").write_text(
+        json.dumps({"unique_id_field": "arxiv_id", "indexed_field": "title"})
+    )
+    arxiv.iloc[20:30].to_csv(inbox / "batch.csv", index=False)
+    past = time.time() - SETTLE_SECONDS - 5
+    for path in inbox.iterdir():
+        os.utime(path, (past, past))
+
+    log = store / "daemon.log"
+    with log.open("w") as out:
+        daemon = subprocess.Popen(
+            [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Its own process group: the daemon's code server goes with it at the end.
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        maps = {key: dataset_paths(key) for key in ("launched", "dropped")}
+        while time.monotonic() < deadline:
+            if all(published(p).resources for p in maps.values()):
+                break
+            assert daemon.poll() is None, log.read_text()[-3000:]
+            time.sleep(2)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+        time.sleep(2)  # the code server's own shutdown
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGKILL)
+    assert all(published(p).resources for p in maps.values()), log.read_text()[-3000:]
+    by_partition = dict(rows(on_postgres, "SELECT partition, status FROM runs"))
+    assert by_partition == {"launched": "SUCCESS", "dropped": "SUCCESS"}
+    assert AtlasDataset("dropped").maps[0].data.tb.num_rows == 10
