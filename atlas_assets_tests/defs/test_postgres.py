@@ -1,10 +1,10 @@
 """The Dagster instance and the live tags on PostgreSQL (a real server, the ``postgres`` fixture).
 
-With ``ATLAS_DAGSTER_PG_URL`` and ``ATLAS_TAGS_URL`` set, a build from Python, a build of the
-inbox sensor's run request (build_map for its partition, run in this process: no daemon or run
-launcher here), the publishing sensor and the refresh schedule all run against one PostgreSQL
-database, and nothing is kept in SQLite. Bad settings fail first, with one error naming the
-setting.
+With ``ATLAS_DAGSTER_PG_URL`` and ``ATLAS_TAGS_URL`` set, a build from Python, the inbox
+sensor's run request, the publishing sensor and the refresh schedule all run against one
+PostgreSQL database, and nothing is kept in SQLite: first ticked and run in this process, then
+by the real ``dagster-daemon`` with a run launched as the UI launches one. Bad settings fail
+first, with one error naming the setting.
 """
 
 from __future__ import annotations
