@@ -134,13 +134,13 @@ def tags_refer_to_existing_ids(
 ) -> dg.AssetCheckResult:
     """Warns when the tag store holds ids that are not in the dataset (e.g. after a rebuild
     from a smaller source); the map shows only tags of its own datums."""
-    from atlas_assets.lib.tagstore import TagStore
+    from atlas_assets.store.tags import tag_store as open_tags
 
     paths = store.paths(context.partition_key)
-    if not paths.tag_db.exists():
+    tag_store = open_tags(paths)
+    if not tag_store.exists():
         return dg.AssetCheckResult(passed=True, metadata={"unknown_ids": 0})
     known = set(read_resource(paths.resource("dataset")).column(0).to_pylist())
-    tag_store = TagStore(paths.tag_db)
     unknown = {
         name: sorted(set(tag_store.get_datums_in_tag(name)) - known) for name in tag_store.counts()
     }

@@ -32,6 +32,7 @@ from atlas_assets.store import (
 )
 from atlas_assets.store.publish import discard, pending_builds, process_alive
 from atlas_assets.store.resources import deletion_candidates
+from atlas_assets.store.tags import tag_store
 
 _LIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
@@ -85,7 +86,7 @@ def tag_published_duplicates(paths: DatasetPaths, current: PublishedMap) -> None
     if options is None or "duplicates" not in current.resources or not options.tag_duplicates:
         return
     table = read_resource(current.path("duplicates"))
-    tag_deletion_candidates(paths.tag_db, deletion_candidates(table))
+    tag_deletion_candidates(tag_store(paths), deletion_candidates(table))
 
 
 def publish_finished(instance: dg.DagsterInstance, datasets: list[DatasetPaths]) -> dict:

@@ -384,8 +384,9 @@ class AtlasDataset:
         lineage. Concurrent calls on one dataset (from any process) run one after the other,
         each building with its own options. Arguments as in :meth:`configure_index`.
         """
-        from atlas_assets.reader.run import materialize_map
+        from atlas_assets.reader.run import check_build_settings, materialize_map
 
+        check_build_settings()  # a wrong database setting: said now, the options not recorded
         with locked(self._paths.build_lock):
             map_name = self._record_index(
                 name,
@@ -574,7 +575,11 @@ class AtlasDataset:
         dataset, keeps its vectors. Waits for a running build of the dataset to end first.
         """
         self._refresh()
+        from atlas_assets.store.tags import tag_store
+
         with locked(self._paths.build_lock), locked(self._paths.lock):
+            # Tags first: a shared tag database that cannot be reached leaves the dataset whole.
+            tag_store(self._paths).drop()
             shutil.rmtree(self._paths.root)
         from atlas_assets.reader.run import forget_partition
 

@@ -3,8 +3,8 @@ import pyarrow as pa
 
 from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build, data_version
 from atlas_assets.defs.resources import AtlasStore
-from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.store import write_resource
+from atlas_assets.store.tags import tag_store
 
 
 # After duplicates: the tag derived from them is set when a map is published
@@ -18,15 +18,17 @@ from atlas_assets.store import write_resource
 def tags(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
     """A snapshot of the live tag store: ``[id, <one bool column per tag>]`` in dataset order.
 
-    Tags are kept by datum id in the dataset's SQLite store (shared with Python and the map
-    explorer), so they survive re-indexing; this asset records their counts over time and lets
-    downstream assets depend on them.
+    Tags are kept by datum id in the dataset's live store (SQLite beside the data, or the
+    PostgreSQL database of ``ATLAS_TAGS_URL``; shared with Python and the map explorer), so
+    they survive re-indexing; this asset records their counts over time and lets downstream
+    assets depend on them.
     """
     build = Build.start(context, store)
     paths = build.paths
     data = build.read("dataset")
     ids = data.column(0)
-    members = TagStore(paths.tag_db).memberships(ids.to_pylist()) if paths.tag_db.exists() else {}
+    live = tag_store(paths)
+    members = live.memberships(ids.to_pylist()) if live.exists() else {}
     table = pa.table(
         {data.column_names[0]: ids, **{name: pa.array(mask) for name, mask in members.items()}}
     )
