@@ -1,6 +1,7 @@
 """The embedding cache: vectors keyed by (model, text hash), in append-only Arrow shards.
 
-Each run that embeds new texts adds one file, so concurrent runs never rewrite each other's work.
+Each run that embeds new texts adds one file, so concurrent runs never rewrite each other's work
+(on a remote store: one immutable object, fetched once by every machine that needs it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from atlas_assets.store.files import fixed_list, matrix, read_arrow, write_arrow
+from atlas_assets.store.remote import listing
 
 
 class EmbeddingCache:
@@ -25,8 +27,8 @@ class EmbeddingCache:
         """``(found mask, vectors)`` for ``hashes`` (vectors None if nothing was found)."""
         found = np.zeros(len(hashes), bool)
         vectors: np.ndarray | None = None
-        for f in sorted(self.directory.glob("*.arrow")):
-            table = read_arrow(f)
+        for f in self.files():
+            table = read_arrow(f)  # fetched once from a remote store
             # Hashes are unique within a file (add() receives unique ones).
             position = pd.Index(table.column("hash").to_pylist()).get_indexer(hashes)
             hit = (position >= 0) & ~found
@@ -38,6 +40,13 @@ class EmbeddingCache:
             vectors[hit] = stored[position[hit]]
             found |= hit
         return found, vectors
+
+    def files(self) -> list[Path]:
+        """The cache's shards (on a remote store: those its listing names)."""
+        names = listing(self.directory)
+        if names is not None:
+            return [self.directory / n for n in names if n.endswith(".arrow")]
+        return sorted(self.directory.glob("*.arrow"))
 
     def add(self, hashes: np.ndarray, vectors: np.ndarray) -> None:
         """Store vectors of new, unique hashes (one new file)."""

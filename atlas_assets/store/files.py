@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from atlas_assets.store import remote
+
 _META_PREFIX = "atlas:"
 
 
@@ -104,13 +106,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write a JSON document atomically."""
+    """Write a JSON document atomically (on a remote store: then one PUT of the object)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    remote.upload(path)
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON document (on a remote store: its object, read now)."""
+    remote.refresh(path)
     return json.loads(path.read_text())
+
+
+def remove_file(path: Path) -> None:
+    """Remove a file of the store (and its object, on a remote store)."""
+    remote.remove(path)
 
 
 @contextlib.contextmanager
@@ -161,10 +171,12 @@ def write_arrow(path: Path, table: pa.Table) -> None:
     ):
         # One record batch: columns then map to numpy without copies.
         writer.write_table(table.combine_chunks())
+    remote.upload(path)  # immutable once written: uploaded once, under its own name
 
 
 def read_arrow(path: Path) -> pa.Table:
     """Read an Arrow IPC file memory-mapped: columns reference the file, nothing is copied."""
+    remote.fetch(path)
     source = pa.memory_map(str(path), "r")
     return pa.ipc.open_file(source).read_all()
 
@@ -203,7 +215,7 @@ def _info_from_schema(schema: pa.Schema) -> dict[str, Any]:
 
 def resource_info(path: Path) -> dict[str, Any] | None:
     """The lineage recorded in a resource file (without reading its data), or None if absent."""
-    if not path.is_file():
+    if not remote.fetch(path):
         return None
     with pa.memory_map(str(path), "r") as source:
         return _info_from_schema(pa.ipc.open_file(source).schema)
@@ -221,7 +233,7 @@ def _check_version(path: Path, schema: pa.Schema, expected_version: str | None) 
 
 def read_resource(path: Path, *, expected_version: str | None = None) -> pa.Table:
     """Read a resource memory-mapped; refuse it if it was built from another dataset version."""
-    if not path.is_file():
+    if not remote.fetch(path):
         raise ResourceNotReadyError(str(path))
     table = read_arrow(path)
     _check_version(path, table.schema, expected_version)
@@ -236,7 +248,7 @@ def private_matrix(path: Path, column: str, *, expected_version: str | None = No
     pages they touch, in this process's memory, and the file never changes. Arrow parses the
     same mapping, so the array is the file that was checked, even if it is replaced meanwhile.
     """
-    if not path.is_file():
+    if not remote.fetch(path):
         raise ResourceNotReadyError(str(path))
     with open(path, "rb") as handle:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)

@@ -27,8 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas_assets.store.files import clean_temp_files, locked, now_iso, read_json, write_json
+from atlas_assets.store.files import (
+    clean_temp_files,
+    locked,
+    now_iso,
+    read_json,
+    remove_file,
+    write_json,
+)
 from atlas_assets.store.layout import DatasetPaths, resource_key
+from atlas_assets.store.remote import fetch, remote_of, remove_tree, upload_missing
 
 BUILD_DOC = "build.json"
 _DROPPED = ".dropped"
@@ -67,7 +75,9 @@ class PublishedMap:
         rel = self.resources.get(key)
         if rel is None:
             return self.paths.resources / "unpublished" / f"{key}.arrow"
-        return self.paths.resources / rel
+        path = self.paths.resources / rel
+        fetch(path)  # on a remote store: downloaded once into the read cache, by build id
+        return path
 
     @property
     def stamp(self) -> tuple:
@@ -90,6 +100,8 @@ def published(paths: DatasetPaths) -> PublishedMap:
         if paths.resources.is_dir():
             legacy = {f.name[: -len(".arrow")]: f.name for f in paths.resources.glob("*.arrow")}
         return PublishedMap(paths, 0, None, legacy, None)
+    if remote_of(paths.manifest) is not None:
+        _prune_read_cache(paths, doc)
     return PublishedMap(
         paths,
         int(doc["generation"]),
@@ -99,6 +111,17 @@ def published(paths: DatasetPaths) -> PublishedMap:
         dict(doc.get("retired", {})),
         tuple(doc.get("history", ())),
     )
+
+
+def _prune_read_cache(paths: DatasetPaths, doc: dict[str, Any]) -> None:
+    """Remove this machine's copies of builds a remote manifest retired more than the grace
+    period ago (their objects are gone or going; a reader that opened them has them mapped)."""
+    now = time.time()
+    in_use = {_top(rel) for rel in doc.get("resources", {}).values()}
+    for top, since in doc.get("retired", {}).items():
+        local = paths.resources / top
+        if top not in in_use and now - since >= grace_seconds() and local.exists():
+            shutil.rmtree(local, ignore_errors=True)
 
 
 def _map_config(paths: DatasetPaths) -> dict[str, Any] | None:
@@ -262,6 +285,8 @@ def commit(paths: DatasetPaths, build: str) -> PublishedMap:
                 resources.pop(key, None)
             else:
                 resources[key] = rel
+        for name, _ in chain:  # every file the manifest will name is on the store first
+            upload_missing(paths.build_dir(name))
         base = min(doc.get("base", 0) for _, doc in chain)
         if base != current.generation and not set(current.resources) <= set(staged):
             _discard_locked(paths, current, [name for name, _ in chain])
@@ -365,7 +390,9 @@ def collect_garbage(paths: DatasetPaths) -> list[str]:
     committed or discarded go once their writer is gone and they are a day old; temporary
     files of killed writers go as in :func:`~atlas_assets.store.files.clean_temp_files`.
     """
-    if not paths.manifest.is_file():
+    try:
+        read_json(paths.manifest)
+    except FileNotFoundError:
         return []
     removed = []
     now = time.time()
@@ -378,10 +405,10 @@ def collect_garbage(paths: DatasetPaths) -> list[str]:
                 continue
             if top not in in_use:
                 target = paths.resources / top
-                if target.is_dir():
-                    shutil.rmtree(target, ignore_errors=True)
+                if target.is_dir() or top.startswith("builds/"):
+                    remove_tree(target)
                 else:
-                    target.unlink(missing_ok=True)
+                    remove_file(target)
                 removed.append(top)
             del retired[top]
         builds = paths.resources / "builds"
@@ -392,7 +419,7 @@ def collect_garbage(paths: DatasetPaths) -> list[str]:
             doc = _build_doc(paths, folder.name) or {}
             alive = process_alive(doc.get("host"), doc.get("pid"), doc.get("started"))
             if alive is not True and now - _newest_mtime(folder) > ABANDONED_SECONDS:
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_tree(folder)
                 removed.append(top)
         if retired != current.retired:
             _write_manifest(paths, current, retired=retired)

@@ -1,0 +1,107 @@
+"""A store root that may be a URL: clear errors for bad settings, before anything is written;
+``file://`` and ``memory://`` roots; the mirror's read cache."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from atlas_assets.store import atlas_home, dataset_paths, read_json, read_resource, write_json
+from atlas_assets.store.files import write_arrow
+from atlas_assets.store.remote import StoreConfigError, listing, remote_of
+
+
+def _no_library_traceback(err: BaseException) -> bool:
+    """The error stands alone: no chained exception from inside a library is printed."""
+    return err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)
+
+
+@pytest.mark.parametrize(
+    ("home", "says"),
+    [
+        ("s3:/bucket/prefix", "scheme://bucket/prefix"),
+        ("s3://", "names no bucket"),
+        ("s3://Bad_Bucket!/x", "not a valid bucket name"),
+        ("s3://bucket/a/../b", "'..'"),
+        ("s3://bucket/x?versionId=1", "no '?'"),
+        ("ftp://host/store", "unsupported scheme 'ftp'"),
+        ("file://otherhost/store", "file:///absolute/path"),
+    ],
+)
+def test_a_malformed_store_url_is_one_clear_error_naming_the_setting(home, says, monkeypatch):
+    monkeypatch.setenv("ATLAS_HOME", home)
+    with pytest.raises(StoreConfigError) as caught:
+        atlas_home()
+    assert str(caught.value).startswith(f"ATLAS_HOME={home!r}") and says in str(caught.value)
+    assert _no_library_traceback(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"), [("{not json", "not valid JSON"), ("[1, 2]", "must be a JSON object")]
+)
+def test_bad_storage_options_name_the_setting(options, says, monkeypatch):
+    monkeypatch.setenv("ATLAS_HOME", "memory://atlas/bad-options")
+    monkeypatch.setenv("ATLAS_STORAGE_OPTIONS", options)
+    with pytest.raises(StoreConfigError, match=f"ATLAS_STORAGE_OPTIONS.*{says}"):
+        atlas_home()
+
+
+def test_a_file_url_is_the_local_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_HOME", f"file://{tmp_path}/store")
+    assert atlas_home() == (tmp_path / "store").resolve()
+    assert remote_of(atlas_home() / "datasets") is None
+
+
+def test_a_memory_store_round_trips_through_a_fresh_mirror(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_HOME", "memory://atlas/round-trip")
+    monkeypatch.setenv("ATLAS_CACHE_DIR", str(tmp_path / "one"))
+    written = dataset_paths("docs")
+    assert written.root.is_relative_to(tmp_path / "one")
+    write_json(written.meta, {"a": 1})
+    write_arrow(written.shards / "000001-abc.arrow", pa.table({"v": [1, 2]}))
+    # Another mirror (another machine's cache) sees what was written, read from the store.
+    monkeypatch.setenv("ATLAS_CACHE_DIR", str(tmp_path / "two"))
+    other = dataset_paths("docs")
+    assert other.root.is_relative_to(tmp_path / "two") and not other.meta.exists()
+    assert read_json(other.meta) == {"a": 1}
+    assert [f.name for f in other.shard_files()] == ["000001-abc.arrow"]
+    assert read_resource(other.shards / "000001-abc.arrow").column("v").to_pylist() == [1, 2]
+    write_json(written.meta, {"a": 2})  # a mutable document is read anew every time
+    assert read_json(other.meta) == {"a": 2}
+    assert listing(other.shards) == ["000001-abc.arrow"]
+
+
+def test_a_missing_bucket_or_wrong_credentials_fail_before_anything_is_written(
+    s3_server, tmp_path, monkeypatch
+):
+    from atlas_assets import AtlasDataset
+
+    monkeypatch.setenv("ATLAS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ATLAS_HOME", "s3://no-such-bucket/store")
+    monkeypatch.setenv("ATLAS_STORAGE_OPTIONS", json.dumps(s3_server.options()))
+    with pytest.raises(StoreConfigError) as caught:
+        AtlasDataset("papers", unique_id_field="id")
+    message = str(caught.value)
+    assert "ATLAS_HOME='s3://no-such-bucket/store'" in message
+    assert "bucket 'no-such-bucket' does not exist" in message
+    assert _no_library_traceback(caught.value)
+
+    bucket = s3_server.new_bucket()
+    monkeypatch.setenv("ATLAS_HOME", f"s3://{bucket}/store")
+    wrong = s3_server.options(secret="not-the-secret")
+    monkeypatch.setenv("ATLAS_STORAGE_OPTIONS", json.dumps(wrong))
+    with pytest.raises(StoreConfigError) as caught:
+        AtlasDataset("papers", unique_id_field="id")
+    message = str(caught.value)
+    assert f"ATLAS_HOME='s3://{bucket}/store'" in message and "ATLAS_STORAGE_OPTIONS" in message
+    assert "denied" in message or "Signature" in message
+    assert s3_server.fs().ls(bucket) == []  # nothing was written
+    assert not (tmp_path / "cache" / "stores").exists() or not any(
+        (tmp_path / "cache" / "stores").rglob("*.json")
+    )
+    # The right credentials work.
+    monkeypatch.setenv("ATLAS_STORAGE_OPTIONS", json.dumps(s3_server.options()))
+    AtlasDataset("papers", unique_id_field="id").add_data([{"id": "1", "text": "a"}])
+    assert s3_server.fs().ls(f"{bucket}/store/datasets/papers/shards")
