@@ -104,3 +104,14 @@ def test_dask_embed_benchmark_runs(capsys):
     assert _last_line(capsys) == line
     assert LAST_LINE.match(line).group(1) == "dask_embed"
     assert "identical=24/24" in line and "(ok)" in line  # the same vectors either way
+
+
+@pytest.mark.slow
+def test_shared_store_benchmark_runs(capsys, monkeypatch, tmp_path):
+    from benchmarks import shared_store
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # the benchmark points every setting elsewhere
+    line = shared_store.main(["--quick", "--n", "300", "--reader-n", "2000"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "shared_store"
+    assert "open_ratio=" in line and "reader_rss=2000rows:" in line

@@ -127,7 +127,7 @@ def remove_file(path: Path) -> None:
 def locked(lock_path: Path) -> Iterator[None]:
     """An exclusive inter-process lock (flock) held for the body; serialises store writers."""
     make_dirs(lock_path.parent)
-    with open(lock_path, "a") as handle:
+    with open(lock_path, "a") as handle, remote.fresh():  # a writer reads what is stored now
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

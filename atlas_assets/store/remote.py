@@ -24,6 +24,9 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,11 @@ from urllib.parse import urlsplit
 HOME_ENV = "ATLAS_HOME"
 OPTIONS_ENV = "ATLAS_STORAGE_OPTIONS"
 CACHE_ENV = "ATLAS_CACHE_DIR"
+REFRESH_ENV = "ATLAS_REFRESH_SECONDS"
+# A mutable document (manifest, dataset.json) this process read from the object store less than
+# this long ago is not asked for again, outside a writer's lock: opening a map again within it
+# costs no request. Readers on other machines see a new map at most this much later.
+REFRESH_SECONDS = 1.0
 # The scheme -> the fsspec implementation and the package that provides it.
 SCHEMES = {
     "s3": "s3fs",
@@ -93,6 +101,8 @@ class RemoteStore:
 
 
 _MIRRORS: dict[Path, RemoteStore] = {}
+_READ_AT: dict[Path, float] = {}  # mutable documents: when this process last read them
+_LOCAL = threading.local()  # depth of writers' locks held by this thread: read fresh inside
 _OPENED: dict[tuple[str, str, Path], RemoteStore] = {}
 
 
@@ -256,6 +266,7 @@ def upload(path: Path) -> None:
         store.fs.put_file(str(path), key)
     except Exception as err:  # noqa: BLE001
         raise _wrap(store, err, f"writing {key}") from None
+    _READ_AT[path] = time.monotonic()  # what this process wrote is what is stored
 
 
 def fetch(path: Path) -> bool:
@@ -279,20 +290,41 @@ def fetch(path: Path) -> bool:
     return True
 
 
+def refresh_seconds() -> float:
+    return float(os.environ.get(REFRESH_ENV, REFRESH_SECONDS))
+
+
+@contextlib.contextmanager
+def fresh() -> Iterator[None]:
+    """Within the body, every mutable document is read from the object store (writers' locks
+    hold this: a writer decides on what is stored now)."""
+    _LOCAL.depth = getattr(_LOCAL, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _LOCAL.depth -= 1
+
+
 def refresh(path: Path) -> None:
     """Bring a small mutable document of the mirror up to date with its object (removing the
-    local copy if the object is gone); the local file is rewritten only when it changed."""
+    local copy if the object is gone), unless this process read it less than
+    :func:`refresh_seconds` ago outside a writer's lock; the file changes only if its object did."""
     found = remote_of(path)
     if found is None:
+        return
+    now = time.monotonic()
+    if not getattr(_LOCAL, "depth", 0) and now - _READ_AT.get(path, -1e18) < refresh_seconds():
         return
     store, key = found
     try:
         data = store.fs.cat_file(key)
     except FileNotFoundError:
         path.unlink(missing_ok=True)
+        _READ_AT[path] = now
         return
     except Exception as err:  # noqa: BLE001
         raise _wrap(store, err, f"reading {key}") from None
+    _READ_AT[path] = now
     with contextlib.suppress(FileNotFoundError):
         if path.read_bytes() == data:
             return

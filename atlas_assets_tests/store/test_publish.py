@@ -65,6 +65,9 @@ def paths(request, tmp_path):
     if request.param == "local":
         return dataset_paths("pub", tmp_path)
     server = request.getfixturevalue("s3_server")
+    # The reader asks the store on every read (by default a process trusts what it read for
+    # ATLAS_REFRESH_SECONDS, outside writers' locks).
+    request.getfixturevalue("monkeypatch").setenv("ATLAS_REFRESH_SECONDS", "0")
     url, options = f"s3://{server.new_bucket()}/store", server.options()
     writer = dataset_paths("pub", resolve_root(url, options, setting="t", cache=tmp_path / "w"))
     READERS[writer.root] = dataset_paths(

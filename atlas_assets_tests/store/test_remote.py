@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from atlas_assets.store import atlas_home, dataset_paths, read_json, read_resource, write_json
-from atlas_assets.store.files import write_arrow
+from atlas_assets.store.files import locked, write_arrow
 from atlas_assets.store.remote import StoreConfigError, listing, remote_of
 
 
@@ -68,8 +68,15 @@ def test_a_memory_store_round_trips_through_a_fresh_mirror(tmp_path, monkeypatch
     assert read_json(other.meta) == {"a": 1}
     assert [f.name for f in other.shard_files()] == ["000001-abc.arrow"]
     assert read_resource(other.shards / "000001-abc.arrow").column("v").to_pylist() == [1, 2]
-    write_json(written.meta, {"a": 2})  # a mutable document is read anew every time
-    assert read_json(other.meta) == {"a": 2}
+    # A mutable document read less than ATLAS_REFRESH_SECONDS ago is not asked for again...
+    monkeypatch.setenv("ATLAS_REFRESH_SECONDS", "3600")
+    write_json(written.meta, {"a": 2})
+    assert read_json(other.meta) == {"a": 1}
+    with locked(other.lock):  # ...except by a writer, which reads what is stored now
+        assert read_json(other.meta) == {"a": 2}
+    write_json(written.meta, {"a": 3})
+    monkeypatch.setenv("ATLAS_REFRESH_SECONDS", "0")
+    assert read_json(other.meta) == {"a": 3}
     assert listing(other.shards) == ["000001-abc.arrow"]
 
 
