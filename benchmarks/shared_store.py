@@ -120,11 +120,11 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 rows, 20,000 for the reader")
     parser.add_argument("--n", type=int, help="rows of the built map (default 20,000)")
-    parser.add_argument("--reader-n", type=int, help="rows of the opened map (default 1,000,000)")
+    parser.add_argument("--reader-n", type=int, help="rows of the opened map (default 200,000)")
     parser.add_argument("--repeat", type=int, default=1, help="builds of each store (alternated)")
     args = parser.parse_args(argv)
     n = args.n or (2_000 if args.quick else 20_000)
-    reader_n = args.reader_n or (20_000 if args.quick else 1_000_000)
+    reader_n = args.reader_n or (20_000 if args.quick else 200_000)
     saved = {
         k: os.environ.get(k)
         for k in (

@@ -112,3 +112,14 @@ def test_a_missing_bucket_or_wrong_credentials_fail_before_anything_is_written(
     monkeypatch.setenv("ATLAS_STORAGE_OPTIONS", json.dumps(s3_server.options()))
     AtlasDataset("papers", unique_id_field="id").add_data([{"id": "1", "text": "a"}])
     assert s3_server.fs().ls(f"{bucket}/store/datasets/papers/shards")
+
+
+def test_the_command_line_says_what_is_wrong_with_the_store_in_one_line(monkeypatch, capsys):
+    from atlas_assets.cli import main
+
+    monkeypatch.setenv("ATLAS_HOME", "s3:/bucket")
+    assert main(["ls"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "atlas ls: error: ATLAS_HOME='s3:/bucket': a store URL has the form scheme://bucket/prefix"
+    ]
