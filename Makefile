@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.refresh
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.reader
+	$(BIN)/python -m benchmarks.shared_store
 
 dev: setup
 	$(BIN)/python -c "from atlas_assets.store.layout import ensure_dagster_home as e; e()"

@@ -105,11 +105,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write a JSON document atomically (on a remote store: then one PUT of the object)."""
+def write_json(path: Path, doc: dict[str, Any], *, expect: str | None = None) -> None:
+    """Write a JSON document atomically. On a remote store it is one PUT of its object, made
+    before the local copy changes (so the mirror never runs ahead of the store); ``expect``
+    makes that PUT conditional (see :func:`~atlas_assets.store.remote.upload`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    remote.upload(path)
+        remote.upload(tmp, target=path, expect=expect)
 
 
 def read_json(path: Path) -> dict[str, Any]:

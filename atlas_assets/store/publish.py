@@ -19,11 +19,12 @@ new name, and the manifest is one small put.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,14 @@ from atlas_assets.store.files import (
     write_json,
 )
 from atlas_assets.store.layout import DatasetPaths, resource_key
-from atlas_assets.store.remote import fetch, remote_of, remove_tree, upload_missing
+from atlas_assets.store.remote import (
+    ConflictError,
+    fetch,
+    remote_of,
+    remove_tree,
+    upload_missing,
+    version_tag,
+)
 
 BUILD_DOC = "build.json"
 _DROPPED = ".dropped"
@@ -47,6 +55,7 @@ GRACE_SECONDS = 600.0
 # nothing was written to it for this long (normally the publishing sensor discards it sooner).
 ABANDONED_SECONDS = 24 * 3600.0
 _HISTORY = 100  # committed build ids remembered, so committing one twice changes nothing
+_CAS_ATTEMPTS = 5  # commits retried when another machine replaced the manifest meanwhile
 
 
 class SupersededError(RuntimeError):
@@ -68,6 +77,8 @@ class PublishedMap:
     config: dict[str, Any] | None  # the index configuration the map was built with
     retired: dict[str, float] = field(default_factory=dict)  # unnamed entries -> since when
     history: tuple[str, ...] = ()  # committed builds, oldest first
+    # The manifest object's ETag when a writer read it (see _current); None: write it plainly.
+    etag: str | None = field(default=None, compare=False)
 
     def path(self, key: str) -> Path:
         """The file of resource ``key`` (see :func:`resource_key`); a path that does not exist
@@ -232,6 +243,14 @@ def _top(rel: str) -> str:
     return "/".join(parts[:2]) if parts[0] == "builds" else parts[0]
 
 
+def _current(paths: DatasetPaths) -> PublishedMap:
+    """The published map as a writer (holding the publish lock) reads it: on S3 with the
+    manifest's ETag, taken first, so the manifest is replaced only if no other machine
+    replaced it since (a compare-and-swap; :class:`~atlas_assets.store.remote.ConflictError`)."""
+    tag = version_tag(paths.manifest)
+    return replace(published(paths), etag=tag)
+
+
 def _write_manifest(paths: DatasetPaths, current: PublishedMap, **changes: Any) -> None:
     doc = {
         "format": 1,
@@ -244,7 +263,7 @@ def _write_manifest(paths: DatasetPaths, current: PublishedMap, **changes: Any) 
         "history": list(current.history)[-_HISTORY:],
     }
     doc.update(changes)
-    write_json(paths.manifest, doc)
+    write_json(paths.manifest, doc, expect=current.etag)
 
 
 def _chain_docs(paths: DatasetPaths, build: str) -> list[tuple[str, dict[str, Any]]]:
@@ -266,9 +285,23 @@ def commit(paths: DatasetPaths, build: str) -> PublishedMap:
     Committing a build twice, or one that wrote nothing, changes nothing. Raises
     :class:`SupersededError` (and publishes nothing) if the build rebuilt only part of the map
     and another build was published since it started reading.
+
+    On S3 the manifest is replaced by a conditional PUT: if another machine published meanwhile,
+    the commit is worked out again over what it published (a few times at most).
     """
+    for attempt in range(_CAS_ATTEMPTS):
+        try:
+            return _commit(paths, build)
+        except ConflictError:
+            if attempt == _CAS_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _commit(paths: DatasetPaths, build: str) -> PublishedMap:
     with locked(paths.publish_lock):
-        current = published(paths)
+        current = _current(paths)
         chain = _chain_docs(paths, build)
         if not chain or _settled(current, build):
             return current
@@ -338,10 +371,17 @@ def _discard_locked(paths: DatasetPaths, current: PublishedMap, builds: list[str
 def discard(paths: DatasetPaths, build: str) -> None:
     """Give up build ``build`` (its run failed): it is never published and its folder goes
     after the grace period (a re-execution of the run may still read it until then)."""
-    with locked(paths.publish_lock):
-        current = published(paths)
-        if not _settled(current, build):
-            _discard_locked(paths, current, [build])
+    for attempt in range(_CAS_ATTEMPTS):
+        with locked(paths.publish_lock):
+            current = _current(paths)
+            if _settled(current, build):
+                return
+            try:
+                _discard_locked(paths, current, [build])
+                return
+            except ConflictError:
+                if attempt == _CAS_ATTEMPTS - 1:
+                    raise
 
 
 def pending_builds(paths: DatasetPaths) -> list[str]:
@@ -397,7 +437,7 @@ def collect_garbage(paths: DatasetPaths) -> list[str]:
     removed = []
     now = time.time()
     with locked(paths.publish_lock):
-        current = published(paths)
+        current = _current(paths)
         in_use = {_top(rel) for rel in current.resources.values()}
         retired = dict(current.retired)
         for top, since in current.retired.items():
@@ -422,6 +462,9 @@ def collect_garbage(paths: DatasetPaths) -> list[str]:
                 remove_tree(folder)
                 removed.append(top)
         if retired != current.retired:
-            _write_manifest(paths, current, retired=retired)
+            # Another machine's commit won meanwhile: its manifest still lists what went here,
+            # and the next collection drops it.
+            with contextlib.suppress(ConflictError):
+                _write_manifest(paths, current, retired=retired)
         clean_temp_files(paths.resources)
     return removed

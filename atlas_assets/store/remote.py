@@ -57,6 +57,11 @@ class StoreConfigError(ValueError):
     """The store root or its storage options are unusable; the message names the setting."""
 
 
+class ConflictError(RuntimeError):
+    """A conditional write lost: the object changed since it was read (another machine wrote
+    it meanwhile); read it again and redo the change."""
+
+
 def is_url(text: str) -> bool:
     """Whether ``text`` is a URL (``scheme:...``) rather than a local path."""
     return bool(_URL.match(text)) and not re.match(r"^[A-Za-z]:[\\/]", text)
@@ -255,18 +260,56 @@ def _wrap(store: RemoteStore, err: Exception, what: str) -> Exception:
     return StoreConfigError(f"{what} on {HOME_ENV}={store.url!r} failed: {text}")
 
 
-def upload(path: Path) -> None:
-    """Copy a local file of the mirror to its object (one PUT, or a multipart upload that
-    appears whole)."""
+def version_tag(path: Path) -> str | None:
+    """The ETag of the object behind a mutable document, ``""`` if there is none yet; None when
+    the store cannot write conditionally (a local store, ``memory://``, ...)."""
     found = remote_of(path)
+    if found is None or not found[0].url.startswith("s3://"):
+        return None
+    store, key = found
+    try:
+        return str(store.fs.info(key)["ETag"])
+    except FileNotFoundError:
+        return ""
+    except Exception as err:  # noqa: BLE001
+        raise _wrap(store, err, f"reading {key}") from None
+
+
+def _precondition_failed(err: Exception) -> bool:
+    cause = getattr(err.__cause__, "response", None) or {}
+    return isinstance(err, FileExistsError) or cause.get("Error", {}).get("Code") in (
+        "PreconditionFailed",
+        "ConditionalRequestConflict",
+    )
+
+
+def upload(path: Path, *, target: Path | None = None, expect: str | None = None) -> None:
+    """Copy a local file to the object of ``target`` (default: ``path`` itself) in the mirror's
+    store: one PUT, or a multipart upload that appears whole.
+
+    ``expect`` (from :func:`version_tag`) makes it a compare-and-swap: the PUT happens only if
+    the object still has that ETag (``""``: only if it does not exist), else
+    :class:`ConflictError`.
+    """
+    target = target or path
+    found = remote_of(target)
     if found is None:
         return
     store, key = found
     try:
-        store.fs.put_file(str(path), key)
+        if expect is None:
+            store.fs.put_file(str(path), key)
+        else:
+            bucket, _, name = key.partition("/")
+            condition = {"IfMatch": expect} if expect else {"IfNoneMatch": "*"}
+            store.fs.call_s3(
+                "put_object", Bucket=bucket, Key=name, Body=path.read_bytes(), **condition
+            )
     except Exception as err:  # noqa: BLE001
+        if expect is not None and _precondition_failed(err):
+            raise ConflictError(f"{key} changed since it was read (another writer)") from None
         raise _wrap(store, err, f"writing {key}") from None
-    _READ_AT[path] = time.monotonic()  # what this process wrote is what is stored
+    _READ_AT[target] = time.monotonic()  # what this process wrote is what is stored
 
 
 def fetch(path: Path) -> bool:

@@ -246,3 +246,30 @@ def test_temp_files_of_killed_writers_are_removed_those_of_live_ones_kept(tmp_pa
         for proc in writers:
             proc.kill()
             proc.wait()
+
+
+def test_commits_from_two_machines_at_once_never_lose_one(paths, monkeypatch):
+    if paths.root not in READERS:
+        pytest.skip("machines share only a remote store (one machine's commits take its lock)")
+    from atlas_assets.store import publish
+
+    other = READERS[paths.root]  # another machine's mirror of the same S3 store, writing too
+    commit(build(paths, "run-a", 1), "run-a")
+    build(other, "run-b", 2)
+    real, raced = publish._current, []
+
+    def racing(view):
+        """Machine B has read the manifest: machine A publishes before B writes it."""
+        current = real(view)
+        if view.root == other.root and not raced:
+            raced.append(current.generation)
+            commit(build(paths, "run-c", 3), "run-c")
+        return current
+
+    monkeypatch.setattr(publish, "_current", racing)
+    commit(other, "run-b")
+    assert raced == [1]
+    # B's commit was worked out again over A's: both are in the history, B's map is published.
+    assert published(paths).history == ("run-a", "run-c", "run-b")
+    assert published(paths).generation == 3
+    assert values(paths) == {"dataset": 2, "projected": 2, "topics": 2}
