@@ -22,6 +22,7 @@ from atlas_assets.store.files import (
     write_json,
 )
 from atlas_assets.store.layout import SHARD_NAME, DatasetPaths
+from atlas_assets.store.remote import claim
 
 EMBEDDING_COLUMN = "_embedding"  # bring-your-own vectors ride along in the shard
 # Facts published with a shard, in its schema metadata, so they are on disk exactly when the
@@ -147,6 +148,10 @@ def write_shard(
     if info:
         table = table.replace_schema_metadata({_SHARD_INFO: json.dumps(info, sort_keys=True)})
     seq = len(paths.shard_files()) + 1
+    # On S3 the batch number is claimed first (a conditional create): a machine adding a batch
+    # to the same dataset at the same moment takes the next number, so neither hides the other.
+    while not claim(paths.shards / ".claims" / f"{seq:06d}"):
+        seq += 1
     return _publish(paths, table, f"{seq:06d}")
 
 

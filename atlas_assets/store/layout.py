@@ -12,6 +12,10 @@ Layout under ``$ATLAS_HOME``::
         resources/manifest.json        the published map: which build file each resource is
         resources/builds/<run-id>/     one Dagster run's resource files (immutable once written)
         tags.sqlite                    the live tag store
+
+``$ATLAS_HOME`` may be a URL (``s3://bucket/prefix``, ...): the same layout then lives on the
+object store and is worked through a local mirror, so these are still local paths (see
+``store/remote.py``).
 """
 
 from __future__ import annotations

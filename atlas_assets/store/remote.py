@@ -7,7 +7,9 @@ so every caller keeps getting local paths (Arrow files are memory-mapped from th
   (:func:`upload`) and fetched once when missing locally (:func:`fetch`): their names never
   change content, so the mirror is also the read cache, keyed by version;
 * the small mutable documents (``dataset.json``, ``resources/manifest.json``) are read from the
-  object store every time (:func:`refresh`) and written with one PUT, atomic on S3;
+  object store (:func:`refresh`; at most every ``ATLAS_REFRESH_SECONDS`` outside writers'
+  locks) and written with one PUT, atomic on S3; the manifest's PUT is conditional on the ETag
+  its writer read (:func:`version_tag`), so two machines' commits never overwrite each other;
 * folders whose members come and go (shards, the embedding cache, the datasets) are listed on
   the object store (:func:`listing`), which is the truth; the mirror may hold more;
 * locks, temporary files, the tag store, the inbox and the Dagster instance stay local.
@@ -289,25 +291,34 @@ def upload(path: Path, *, target: Path | None = None, expect: str | None = None)
 
     ``expect`` (from :func:`version_tag`) makes it a compare-and-swap: the PUT happens only if
     the object still has that ETag (``""``: only if it does not exist), else
-    :class:`ConflictError`.
+    :class:`ConflictError`. Inside a writer's lock, a document read there is written back
+    that way by default: another machine's change in between is an error, not lost.
     """
     target = target or path
     found = remote_of(target)
     if found is None:
         return
     store, key = found
+    tags = getattr(_LOCAL, "tags", {}) if getattr(_LOCAL, "depth", 0) else {}
+    if expect is None:
+        expect = tags.get(target)
     try:
         if expect is None:
             store.fs.put_file(str(path), key)
         else:
             bucket, _, name = key.partition("/")
             condition = {"IfMatch": expect} if expect else {"IfNoneMatch": "*"}
-            store.fs.call_s3(
+            answer = store.fs.call_s3(
                 "put_object", Bucket=bucket, Key=name, Body=path.read_bytes(), **condition
             )
+            if target in tags:
+                tags[target] = answer["ETag"]  # a second write in the section replaces this one
     except Exception as err:  # noqa: BLE001
         if expect is not None and _precondition_failed(err):
-            raise ConflictError(f"{key} changed since it was read (another writer)") from None
+            raise ConflictError(
+                f"{store.url}/{key[len(store.root) + 1 :]} was changed by another writer since "
+                "it was read; nothing was written: try again"
+            ) from None
         raise _wrap(store, err, f"writing {key}") from None
     _READ_AT[target] = time.monotonic()  # what this process wrote is what is stored
 
@@ -342,10 +353,14 @@ def fresh() -> Iterator[None]:
     """Within the body, every mutable document is read from the object store (writers' locks
     hold this: a writer decides on what is stored now)."""
     _LOCAL.depth = getattr(_LOCAL, "depth", 0) + 1
+    if _LOCAL.depth == 1:
+        _LOCAL.tags = {}  # documents read in this section -> the ETag they were read at
     try:
         yield
     finally:
         _LOCAL.depth -= 1
+        if not _LOCAL.depth:
+            _LOCAL.tags = {}
 
 
 def refresh(path: Path) -> None:
@@ -359,6 +374,11 @@ def refresh(path: Path) -> None:
     if not getattr(_LOCAL, "depth", 0) and now - _READ_AT.get(path, -1e18) < refresh_seconds():
         return
     store, key = found
+    if getattr(_LOCAL, "depth", 0):
+        # A writer: what it writes back after this read must replace exactly what it read.
+        tag = version_tag(path)
+        if tag is not None:
+            _LOCAL.tags[path] = tag
     try:
         data = store.fs.cat_file(key)
     except FileNotFoundError:
@@ -426,6 +446,24 @@ def remove_tree(folder: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             store.fs.rm(key, recursive=True)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def claim(path: Path) -> bool:
+    """Create the empty object ``path`` only if it does not exist (S3's ``If-None-Match: *``):
+    True if this call created it. Always True where the store cannot tell (a local store, whose
+    writers take its locks, or ``memory://``)."""
+    found = remote_of(path)
+    if found is None or not found[0].url.startswith("s3://"):
+        return True
+    store, key = found
+    bucket, _, name = key.partition("/")
+    try:
+        store.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=b"", IfNoneMatch="*")
+    except Exception as err:  # noqa: BLE001
+        if _precondition_failed(err):
+            return False
+        raise _wrap(store, err, f"writing {key}") from None
+    return True
 
 
 def upload_missing(folder: Path) -> None:

@@ -123,3 +123,65 @@ def test_the_command_line_says_what_is_wrong_with_the_store_in_one_line(monkeypa
     assert err.strip().splitlines() == [
         "atlas ls: error: ATLAS_HOME='s3:/bucket': a store URL has the form scheme://bucket/prefix"
     ]
+
+
+def test_two_machines_adding_batches_at_once_both_keep_theirs(s3_server, tmp_path, monkeypatch):
+    from atlas_assets.store import datasets
+    from atlas_assets.store.datasets import count_rows, write_shard
+    from atlas_assets.store.files import locked
+    from atlas_assets.store.remote import resolve_root
+
+    monkeypatch.setenv("ATLAS_REFRESH_SECONDS", "0")
+    url, options = f"s3://{s3_server.new_bucket()}/store", s3_server.options()
+    a, b = (
+        dataset_paths("docs", resolve_root(url, options, setting="t", cache=tmp_path / m))
+        for m in ("a", "b")
+    )
+
+    def add(paths, n):
+        with locked(paths.lock):  # each machine's own lock: they do not exclude each other
+            return write_shard(paths, pa.table({"id": [f"{n}-{i}" for i in range(n)]}), None)
+
+    add(a, 1)
+    real, raced = datasets._publish, []
+
+    def racing(paths, table, prefix):
+        """Machine B has numbered its batch: machine A adds one before B writes it."""
+        if paths.root == b.root and not raced:
+            raced.append(prefix)
+            add(a, 3)
+        return real(paths, table, prefix)
+
+    monkeypatch.setattr(datasets, "_publish", racing)
+    add(b, 2)
+    assert raced == ["000002"]
+    names = [f.name[:6] for f in b.shard_files()]
+    assert names == ["000001", "000002", "000003"] and count_rows(a) == 1 + 2 + 3
+
+
+def test_a_document_changed_by_another_machine_meanwhile_is_not_written_over(
+    s3_server, tmp_path, monkeypatch
+):
+    from atlas_assets.store.datasets import load_meta, update_meta
+    from atlas_assets.store.remote import ConflictError, resolve_root
+
+    url, options = f"s3://{s3_server.new_bucket()}/store", s3_server.options()
+    a, b = (
+        dataset_paths("docs", resolve_root(url, options, setting="t", cache=tmp_path / m))
+        for m in ("a", "b")
+    )
+    write_json(a.meta, {"maps": [], "description": "first"})
+    with locked(b.lock):
+        meta = load_meta(b)  # B reads, then writes what it decided on that read
+        assert meta["description"] == "first"
+        with locked(a.lock):  # machine A changes it between B's read and B's write
+            update_meta(a, description="by A")
+        with pytest.raises(ConflictError, match="changed by another writer"):
+            write_json(b.meta, {**meta, "description": "by B"})
+        assert "by B" not in b.meta.read_text()  # nor is the mirror ahead of the store
+    monkeypatch.setenv("ATLAS_REFRESH_SECONDS", "0")
+    assert load_meta(b)["description"] == "by A"
+    with locked(b.lock):  # read again, then written: fine
+        update_meta(b, description="by B")
+        update_meta(b, description="by B, twice")  # a second write in the same section
+    assert load_meta(a)["description"] == "by B, twice"
