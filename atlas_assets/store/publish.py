@@ -13,8 +13,10 @@ A run that rebuilt only some resources (one asset materialized from the Dagster 
 committed only if the map it read is still the published one; otherwise it would publish
 resources derived from a map that no longer exists, and :class:`SupersededError` says so.
 
-The same shape serves an object store, which has no rename: each object is written once under a
-new name, and the manifest is one small put.
+The same shape serves an object store, which has no rename (``store/remote.py``): each object
+is uploaded once under a new name as it is written, the commit checks they are all there, and
+the manifest is one small PUT, conditional on S3 on the ETag the committer read, so two
+machines' commits never overwrite each other.
 """
 
 from __future__ import annotations

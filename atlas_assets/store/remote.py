@@ -219,7 +219,11 @@ def open_store(
         fs = fsspec.filesystem(scheme, **fs_options)
     except TypeError as err:
         raise StoreConfigError(f"{options_setting}: {err}") from None
-    digest = hashlib.sha256(key[0].encode() + b"\0" + key[1].encode()).hexdigest()[:16]
+    # The mirror is named by the store, not the credentials: rotating a key keeps the cache.
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get(
+        "endpoint_url", ""
+    )
+    digest = hashlib.sha256(f"{url}\0{endpoint}".encode()).hexdigest()[:16]
     mirror = key[2] / "stores" / digest
     store = RemoteStore(url, fs, root, mirror)
     _probe(store, setting, options_setting)
