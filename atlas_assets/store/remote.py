@@ -107,6 +107,9 @@ class RemoteStore:
         return self.root if rel == "." else f"{self.root}/{rel}"
 
 
+# s3fs moves a big object in parts held in memory, by default 10 of 50 MiB at a time: memory
+# stays bounded with 4 parts of 8 MiB.
+_TRANSFER = {"s3": {"chunksize": 8 << 20, "max_concurrency": 4}}
 _MIRRORS: dict[Path, RemoteStore] = {}
 _READ_AT: dict[Path, float] = {}  # mutable documents: when this process last read them
 _LOCAL = threading.local()  # depth of writers' locks held by this thread: read fresh inside
@@ -308,7 +311,7 @@ def upload(path: Path, *, target: Path | None = None, expect: str | None = None)
         expect = tags.get(target)
     try:
         if expect is None:
-            store.fs.put_file(str(path), key)
+            store.fs.put_file(str(path), key, **_TRANSFER.get(store.url.split(":", 1)[0], {}))
         else:
             bucket, _, name = key.partition("/")
             condition = {"IfMatch": expect} if expect else {"IfNoneMatch": "*"}
@@ -340,7 +343,7 @@ def fetch(path: Path) -> bool:
 
     try:
         with atomic_path(path) as tmp:
-            store.fs.get_file(key, str(tmp))
+            store.fs.get_file(key, str(tmp), **_TRANSFER.get(store.url.split(":", 1)[0], {}))
     except FileNotFoundError:
         return False
     except Exception as err:  # noqa: BLE001
