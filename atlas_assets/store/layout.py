@@ -63,6 +63,10 @@ def resource_key(name: str, part: str | None = None) -> str:
     return name if part is None else f"{name}.{part}"
 
 
+_REMOTE_SETTINGS = ("ATLAS_STORAGE_OPTIONS", "ATLAS_CACHE_DIR", "XDG_CACHE_HOME")
+_MIRROR_OF: dict[tuple[str, ...], Path] = {}
+
+
 def _checkout_root() -> Path | None:
     """The source checkout this package runs from, if it is one (editable install)."""
     root = Path(__file__).resolve().parents[2]
@@ -78,9 +82,15 @@ def atlas_home() -> Path:
     ``$ATLAS_STORAGE_OPTIONS``): then this is the local mirror the store is worked through.
     """
     env = os.environ.get("ATLAS_HOME")
+    if env and is_url(env):
+        # A URL (s3://bucket/prefix, ...) is worked through a local mirror (store/remote.py),
+        # resolved once per process and settings (this is called on every path built).
+        settings = (env, *(os.environ.get(k, "") for k in _REMOTE_SETTINGS))
+        if settings not in _MIRROR_OF:
+            _MIRROR_OF[settings] = resolve_root(env, storage_options(), setting="ATLAS_HOME")
+        return _MIRROR_OF[settings]
     if env:
-        # A URL (s3://bucket/prefix, ...) is worked through a local mirror (store/remote.py).
-        return resolve_root(env, storage_options() if is_url(env) else None, setting="ATLAS_HOME")
+        return resolve_root(env, setting="ATLAS_HOME")
     checkout = _checkout_root()
     return (checkout / "data" / "store") if checkout else Path.home() / ".atlas"
 
