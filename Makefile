@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,dask,postgres]'
+	$(BIN)/python -m pip install -q -e '.[test,dask,postgres,s3]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.refresh
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.reader
+	$(BIN)/python -m benchmarks.shared_store
 
 dev: setup
 	$(BIN)/python -c "from atlas_assets.store.layout import ensure_dagster_home as e; e()"

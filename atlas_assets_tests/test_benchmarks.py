@@ -128,3 +128,14 @@ def test_benchmark_embeddings_go_through_the_products_cache(monkeypatch):
     assert common.cached_vectors("all-MiniLM-L6-v2", ["one", "sixteen"]) is not None
     assert common.cached_vectors("all-MiniLM-L6-v2", ["never seen"]) is None
     assert list(common.vector_cache().directory.glob("*.arrow"))  # the product's shard files
+
+
+@pytest.mark.slow
+def test_shared_store_benchmark_runs(capsys, monkeypatch, tmp_path):
+    from benchmarks import shared_store
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # the benchmark points every setting elsewhere
+    line = shared_store.main(["--quick", "--n", "300", "--reader-n", "2000"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "shared_store"
+    assert "open_ratio=" in line and "reader_rss=2000rows:" in line

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +36,7 @@ from atlas_assets.store.datasets import (
     write_shard,
 )
 from atlas_assets.store.files import is_locked, locked, now_iso, wait_unlocked
+from atlas_assets.store.remote import remove_tree
 
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -580,7 +580,7 @@ class AtlasDataset:
         with locked(self._paths.build_lock), locked(self._paths.lock):
             # Tags first: a shared tag database that cannot be reached leaves the dataset whole.
             tag_store(self._paths).drop()
-            shutil.rmtree(self._paths.root)
+            remove_tree(self._paths.root)  # and its objects, on a remote store
         from atlas_assets.reader.run import forget_partition
 
         forget_partition(self._paths)

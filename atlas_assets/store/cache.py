@@ -1,7 +1,8 @@
 """What the embedding stage keeps between runs: the embedding cache, vectors keyed by (model,
 text hash) in append-only Arrow shards, and the static models distilled from a transformer.
 
-Each run that embeds new texts adds one file, so concurrent runs never rewrite each other's work.
+Each run that embeds new texts adds one file, so concurrent runs never rewrite each other's work
+(on a remote store: one immutable object, fetched once by every machine that needs it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from atlas_assets.store.files import (
 from atlas_assets.store.layout import static_model_path
 
 __all__ = ["EmbeddingCache", "build_once", "static_model_path", "write_arrays"]
+from atlas_assets.store.remote import listing
 
 
 class EmbeddingCache:
@@ -37,8 +39,8 @@ class EmbeddingCache:
         """``(found mask, vectors)`` for ``hashes`` (vectors None if nothing was found)."""
         found = np.zeros(len(hashes), bool)
         vectors: np.ndarray | None = None
-        for f in sorted(self.directory.glob("*.arrow")):
-            table = read_arrow(f)
+        for f in self.files():
+            table = read_arrow(f)  # fetched once from a remote store
             # Hashes are unique within a file (add() receives unique ones).
             position = pd.Index(table.column("hash").to_pylist()).get_indexer(hashes)
             hit = (position >= 0) & ~found
@@ -50,6 +52,13 @@ class EmbeddingCache:
             vectors[hit] = stored[position[hit]]
             found |= hit
         return found, vectors
+
+    def files(self) -> list[Path]:
+        """The cache's shards (on a remote store: those its listing names)."""
+        names = listing(self.directory)
+        if names is not None:
+            return [self.directory / n for n in names if n.endswith(".arrow")]
+        return sorted(self.directory.glob("*.arrow"))
 
     def add(self, hashes: np.ndarray, vectors: np.ndarray) -> None:
         """Store vectors of new, unique hashes (one new file)."""

@@ -12,6 +12,10 @@ Layout under ``$ATLAS_HOME``::
         resources/manifest.json        the published map: which build file each resource is
         resources/builds/<run-id>/     one Dagster run's resource files (immutable once written)
         tags.sqlite                    the live tag store
+
+``$ATLAS_HOME`` may be a URL (``s3://bucket/prefix``, ...): the same layout then lives on the
+object store and is worked through a local mirror, so these are still local paths (see
+``store/remote.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from atlas_assets.store.remote import fetch, glob, is_url, listing, resolve_root, storage_options
 
 # Every map resource, in lineage order; each is one Dagster asset and one Arrow file.
 RESOURCES = (
@@ -57,6 +63,10 @@ def resource_key(name: str, part: str | None = None) -> str:
     return name if part is None else f"{name}.{part}"
 
 
+_REMOTE_SETTINGS = ("ATLAS_STORAGE_OPTIONS", "ATLAS_CACHE_DIR", "XDG_CACHE_HOME")
+_MIRROR_OF: dict[tuple[str, ...], Path] = {}
+
+
 def _checkout_root() -> Path | None:
     """The source checkout this package runs from, if it is one (editable install)."""
     root = Path(__file__).resolve().parents[2]
@@ -66,10 +76,21 @@ def _checkout_root() -> Path | None:
 
 
 def atlas_home() -> Path:
-    """The store root: ``$ATLAS_HOME``, else ``data/store`` in the checkout, else ``~/.atlas``."""
+    """The store root: ``$ATLAS_HOME``, else ``data/store`` in the checkout, else ``~/.atlas``.
+
+    ``$ATLAS_HOME`` may be a URL (``s3://bucket/prefix``, ``file:///path``, ...; options in
+    ``$ATLAS_STORAGE_OPTIONS``): then this is the local mirror the store is worked through.
+    """
     env = os.environ.get("ATLAS_HOME")
+    if env and is_url(env):
+        # A URL (s3://bucket/prefix, ...) is worked through a local mirror (store/remote.py),
+        # resolved once per process and settings (this is called on every path built).
+        settings = (env, *(os.environ.get(k, "") for k in _REMOTE_SETTINGS))
+        if settings not in _MIRROR_OF:
+            _MIRROR_OF[settings] = resolve_root(env, storage_options(), setting="ATLAS_HOME")
+        return _MIRROR_OF[settings]
     if env:
-        return Path(env).expanduser().resolve()
+        return resolve_root(env, setting="ATLAS_HOME")
     checkout = _checkout_root()
     return (checkout / "data" / "store") if checkout else Path.home() / ".atlas"
 
@@ -283,13 +304,23 @@ class DatasetPaths:
         crash between writing a revision and removing the one it replaces never shows both.
         """
         latest: dict[int, tuple[int, Path]] = {}
-        for f in self.shards.glob("[0-9]*.arrow") if self.shards.is_dir() else []:
+        for f in self.all_shard_files():
             match = SHARD_NAME.match(f.name)
             if match:
                 seq, rev = int(match[1]), int(match[2] or 0)
                 if seq not in latest or latest[seq][0] < rev:
                     latest[seq] = (rev, f)
-        return [latest[seq][1] for seq in sorted(latest)]
+        files = [latest[seq][1] for seq in sorted(latest)]
+        for f in files:
+            fetch(f)  # a remote store's shard, downloaded once (a no-op when local)
+        return files
+
+    def all_shard_files(self) -> list[Path]:
+        """Every shard file, superseded revisions included (on a remote store: its listing)."""
+        names = listing(self.shards)
+        if names is not None:
+            return [self.shards / n for n in names if n[:1].isdigit() and n.endswith(".arrow")]
+        return sorted(self.shards.glob("[0-9]*.arrow")) if self.shards.is_dir() else []
 
 
 def _paths(namespace: str | None, slug: str, home: Path | None) -> DatasetPaths:
@@ -333,7 +364,11 @@ def list_datasets(home: Path | None = None) -> list[DatasetPaths]:
     """Every dataset in the store, sorted by identifier."""
     base = (home or atlas_home()) / "datasets"
     found = []
-    for meta in sorted(base.glob("*/dataset.json")) + sorted(base.glob("*/*/dataset.json")):
+    remote = glob(base, "*/dataset.json")
+    metas = remote + glob(base, "*/*/dataset.json") if remote is not None else None
+    if metas is None:
+        metas = sorted(base.glob("*/dataset.json")) + sorted(base.glob("*/*/dataset.json"))
+    for meta in metas:
         rel = meta.parent.relative_to(base).parts
         found.append(dataset_paths("/".join(rel), home))
     return sorted(found, key=lambda p: p.identifier)
