@@ -20,9 +20,11 @@ def _root_message(error) -> str:
     return error.message.strip()
 
 
-def materialize_map(paths: DatasetPaths) -> str:
+def materialize_map(paths: DatasetPaths, *, fresh: bool = False) -> str:
     """Build every map resource of ``paths``'s partition and publish the map; returns the
-    Dagster run id. Until the run has succeeded, readers keep the previous map."""
+    Dagster run id. Until the run has succeeded, readers keep the previous map. A rebuild
+    keeps the previous map's layout and topics; ``fresh`` (the run's ``atlas/fresh`` tag)
+    builds from scratch instead."""
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     import dagster as dg  # imported here: reading a map never needs Dagster
 
@@ -34,6 +36,7 @@ def materialize_map(paths: DatasetPaths) -> str:
         publish,
         publish_finished,
     )
+    from atlas_assets.defs.refresh import FRESH_TAG
 
     with dg.DagsterInstance.get() as instance:
         fail_dead_runs(instance)  # killed builds: failed, their builds discarded just below
@@ -46,7 +49,7 @@ def materialize_map(paths: DatasetPaths) -> str:
             instance=instance,
             partition_key=key,
             raise_on_error=False,
-            tags=process_tags(),
+            tags={**process_tags(), **({FRESH_TAG: "true"} if fresh else {})},
             # Step progress at INFO; Dagster's DEBUG events stay in the run's log in the UI.
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )

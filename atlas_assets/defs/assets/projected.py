@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from atlas_assets.defs import refresh
 from atlas_assets.defs.assets.common import (
     ASSET_DEFAULTS,
     data_version,
@@ -47,13 +48,18 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     # are part of the data version).
     params = {**options.model_dump(), **options.umap_params(), "layout": layout_name(options.model)}
     context.log.info(f"projecting {latent.num_rows} points with UMAP ({params})")
+    id_field = latent.column_names[0]
+    ids = latent.column(id_field).to_pylist()
+    # A refresh starts from the previous map (see defs/refresh.py), unless asked to start afresh.
+    fresh = refresh.fresh_requested(context) or options.model == "umap"
+    initial, before = (None, None) if fresh else refresh.previous_coords(paths, ids, params)
     coords = project(
         matrix(latent.column("embedding")),
         knn,
         model=options.model,
+        initial=initial,
         **options.umap_params(),
     )
-    id_field = latent.column_names[0]
     table = pa.table(
         {
             id_field: latent.column(id_field),
@@ -61,6 +67,8 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
             "y": pa.array(np.ascontiguousarray(coords[:, 1])),
         }
     )
+    moved = refresh.map_movement(before, ids, coords)
+    table = refresh.with_refresh(table, moved)
     write_resource(
         paths.output("projected"),
         table,
@@ -72,6 +80,7 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
         metadata={
             **table_metadata(table, seconds=perf_counter() - start, params=params),
             "map": png_markdown(map_png(coords, title=paths.identifier)),
+            "refresh": dg.MetadataValue.json(moved),
         },
         data_version=data_version(version, params),
     )
