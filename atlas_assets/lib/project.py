@@ -18,8 +18,8 @@ _BLOCK_ROWS = 65_536
 # A refresh (``project(initial=...)``): learning-rate scales of new rows and of old rows next to
 # them (others stay put), and the share of the usual epochs. Chosen with benchmarks/refresh.py.
 NEW_ROW_RATE = 0.25
-OLD_ROW_RATE = 0.02
-WARM_EPOCHS = 0.5
+OLD_ROW_RATE = 0.005
+WARM_EPOCHS = 0.3
 
 
 def _principal_coords(latent: np.ndarray) -> np.ndarray:
