@@ -59,13 +59,14 @@ def timing(n: int) -> tuple[float, float, int]:
     return first, refresh, extra
 
 
-def stability_corpus(quick: bool):
-    """Texts with a label each, shuffled (seed 0): the arXiv sample alone with ``quick``, else
-    AG News, the arXiv sample and BBC News where ``../shared/datasets`` has them."""
+def stability_corpus(quick: bool, total: int):
+    """Texts with a label each, shuffled (seed 0): the first ``total`` of the arXiv sample with
+    ``quick``, else AG News, the arXiv sample and BBC News where ``../shared/datasets`` has
+    them."""
     from benchmarks import common
     from benchmarks.common import DATASETS, Corpus
 
-    parts = [common.arxiv()]
+    parts = [common.arxiv(total if quick else None)]
     if not quick:
         parts.append(common.ag_news())
         path = DATASETS / "bbc_news" / "bbc_news.csv.gz"
@@ -142,7 +143,7 @@ def stability(n: int, quick: bool) -> dict[str, dict[str, float]]:
 
     from atlas_assets.lib.refresh import kept_share, movement
 
-    latent, texts, labels = stability_corpus(quick)
+    latent, texts, labels = stability_corpus(quick, int(round(n * (1 + GROWTH))))
     total = min(len(texts), int(round(n * (1 + GROWTH))))
     n = min(n, total - max(1, int(round(total * GROWTH / (1 + GROWTH)))))
     ids = np.array([f"r{i}" for i in range(total)])

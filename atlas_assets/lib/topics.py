@@ -574,6 +574,15 @@ def _split(
     whole = m == graph.vcount()
     g = graph if whole else graph.induced_subgraph(members)
     start = None if initial is None else initial[members]
+    if start is not None and (start < 0).any() and (start >= 0).any():
+        # Modularity weighs a merge against the graph's total weight, so a group of new rows
+        # apart from the rest would merge old topics it never touched (the resolution limit).
+        # Scaling the resolution by the weight the new rows hold among themselves keeps the
+        # old topics' balance: by 1 when new rows mingle with old ones, by the growth of the
+        # total when they only link to each other.
+        new = start < 0
+        total = float(sub.sum())
+        resolution *= total / max(total - float(sub[new][:, new].sum()), 1e-12)
     labels = _communities(g, resolution, seed, method, start)
     labels = _reassign_small(labels, sub, latent[members], min_size)
     return labels if labels.max() >= 1 else None

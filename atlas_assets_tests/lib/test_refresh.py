@@ -106,3 +106,103 @@ def test_a_zero_rate_pins_a_point_of_the_layout():
     assert np.abs(out[1::2] - init[1::2]).max() > 0.1
     with pytest.raises(ValueError, match="rates"):
         optimize_layout(graph, init, a=1.58, b=0.9, n_epochs=5, rates=np.ones(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# On real vectors: arXiv physics abstracts (the bundled sample), then BBC sport articles.
+
+
+@pytest.fixture(scope="module")
+def physics(arxiv):
+    from atlas_assets.lib.embed import embed_texts
+
+    frame = arxiv[arxiv["group"] == "physics"].head(250)
+    texts = frame["abstract"].fillna("").tolist()
+    return frame["arxiv_id"].tolist(), texts, embed_texts(texts)
+
+
+def _tree(ids, texts, latent, prior=None):
+    from atlas_assets.lib.knn import knn_graph
+    from atlas_assets.lib.topics import build_topic_tree
+
+    knn = knn_graph(latent, 30)
+    carry = None if prior is None else prior.aligned(ids)
+    return build_topic_tree(latent, knn, latent[:, :2], texts, previous=carry)
+
+
+def _prior(ids, tree) -> PriorTopics:
+    """The tree as a rebuild reads it back: from the published tables."""
+    from atlas_assets.lib.topic_tables import datum_labels, hierarchy_table
+
+    labels = {k: v.to_pylist() for k, v in datum_labels(tree).items()}
+    per_datum = pd.DataFrame({"id": ids, **labels})
+    return PriorTopics.from_tables(per_datum, hierarchy_table(tree).to_pandas())
+
+
+def _by_id(ids, tree) -> pd.DataFrame:
+    """Each datum's topic id and label per depth, indexed by id."""
+    label = dict(zip(tree.topics.topic_id, tree.topics.label, strict=True))
+    out = {}
+    for d in range(tree.depth):
+        out[f"id{d + 1}"] = tree.assignments[:, d]
+        out[f"label{d + 1}"] = [label[t] for t in tree.assignments[:, d]]
+    return pd.DataFrame(out, index=ids).sort_index()
+
+
+def test_a_refresh_of_unchanged_rows_changes_nothing_even_reordered(physics):
+    from atlas_assets.lib.knn import knn_graph
+    from atlas_assets.lib.project import project
+
+    ids, texts, latent = physics
+    first = _tree(ids, texts, latent)
+    order = np.random.default_rng(0).permutation(len(ids))  # rows may come in another order
+    shuffled = [ids[i] for i in order], [texts[i] for i in order], latent[order]
+    again = _tree(*shuffled, prior=_prior(ids, first))
+    pd.testing.assert_frame_equal(_by_id(shuffled[0], again), _by_id(ids, first))
+    cols = ["topic_id", "depth", "parent_id", "label", "keywords", "size"]
+    a = again.topics[cols].sort_values("topic_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        a, first.topics[cols].sort_values("topic_id").reset_index(drop=True)
+    )
+    assert all(
+        c["kept"] == len(first.topics[first.topics.depth == int(d[-1])])
+        for d, c in again.changes.items()
+    )
+
+    coords = project(latent, knn_graph(latent, 30))
+    kept = project(latent[order], knn_graph(latent[order], 30), initial=coords[order])
+    np.testing.assert_array_equal(kept, coords[order])
+
+
+def test_rows_that_form_a_new_cluster_make_a_new_topic_and_leave_the_others_alone(physics):
+    from atlas_assets.lib.embed import embed_texts
+    from atlas_assets_tests.conftest import SHARED_DATASETS
+    from atlas_assets_tests.lib.test_topics import check_invariants
+
+    path = SHARED_DATASETS / "bbc_news" / "bbc_news.csv.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found (../shared/datasets is not beside this checkout)")
+    ids, texts, latent = physics
+    first = _tree(ids, texts, latent)
+    sport = pd.read_csv(path).query("category == 'sport'").head(40)
+    new_texts = (sport["title"] + ". " + sport["text"]).tolist()
+    all_ids = ids + sport["doc_id"].tolist()
+    grown = _tree(
+        all_ids, texts + new_texts, np.vstack([latent, embed_texts(new_texts)]), _prior(ids, first)
+    )
+    check_invariants(grown, len(all_ids))
+    # every old topic keeps its id, label and rows; the sport articles are a new topic at
+    # every depth, with an id no old topic had
+    before, after = _by_id(ids, first), _by_id(all_ids, grown).loc[sorted(ids)]
+    pd.testing.assert_frame_equal(after, before)
+    old_ids = set(first.topics.topic_id)
+    for d in range(1, grown.depth + 1):
+        sport_topics = set(grown.assignments[len(ids) :, d - 1])
+        assert len(sport_topics) == 1 and not sport_topics & old_ids
+        assert grown.changes[f"depth {d}"]["new"] == 1
+        assert {grown.changes[f"depth {d}"][k] for k in ("split", "merged", "gone")} == {0}
+    # from scratch, the same rows give other ids and labels (what a refresh avoids)
+    scratch = _by_id(
+        all_ids, _tree(all_ids, texts + new_texts, np.vstack([latent, embed_texts(new_texts)]))
+    )
+    assert not scratch.loc[sorted(ids)].equals(before)
