@@ -65,6 +65,10 @@ COVERAGE_WEIGHT = 0.5
 PAIRED = 6
 # Until stable: on arXiv, 2 iterations (igraph's default) lose 0.005 to 0.015 NMI per depth.
 LEIDEN_ITERATIONS = -1
+# A refresh keeps the previous topics of a split unless Leiden's partition has a modularity
+# higher by at least this much (``_hysteresis``). Measured on AG News (6,800 rows + 10%): the
+# gains of splits that only moved borders were 0.0005 to 0.004, up to 0.015 in small splits.
+KEEP_MARGIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -585,7 +589,41 @@ def _split(
         resolution *= total / max(total - float(sub[new][:, new].sum()), 1e-12)
     labels = _communities(g, resolution, seed, method, start)
     labels = _reassign_small(labels, sub, latent[members], min_size)
+    if start is not None and (start >= 0).any():
+        labels = _hysteresis(labels, start, g, sub, latent[members], resolution, min_size)
     return labels if labels.max() >= 1 else None
+
+
+def _hysteresis(
+    labels: np.ndarray,
+    start: np.ndarray,
+    graph,
+    A: sp.csr_matrix,
+    latent: np.ndarray,
+    resolution: float,
+    min_size: int,
+) -> np.ndarray:
+    """A refresh's partition: Leiden's ``labels`` only if their modularity beats the previous
+    topics' by ``KEEP_MARGIN``, else the previous topics (``start``, ``-1`` on new rows).
+
+    In the previous topics, new rows that Leiden grouped mostly among themselves keep those
+    groups (new topics), and the other new rows join the topic of their neighbours. Leiden, even
+    started from the previous topics, moves rows along every border for gains in modularity far
+    below what its seed changes; those are not worth renaming a map its users learnt.
+    """
+    old = start.copy()
+    fresh = start < 0
+    old[~fresh] = np.unique(start[~fresh], return_inverse=True)[1]
+    share_new = np.bincount(labels, weights=fresh.astype(float)) / np.bincount(labels)
+    for c in np.flatnonzero(share_new > 0.5):
+        old[fresh & (labels == c)] = int(old.max()) + 1
+    old = _reassign_small(_assign_noise(old, A, latent), A, latent, min_size)
+    gain = _modularity(graph, labels, resolution) - _modularity(graph, old, resolution)
+    return labels if gain >= KEEP_MARGIN else old
+
+
+def _modularity(graph, labels: np.ndarray, resolution: float) -> float:
+    return float(graph.modularity(labels.tolist(), weights="weight", resolution=resolution))
 
 
 def _graph_tree(
