@@ -17,7 +17,13 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from atlas_assets.lib.refresh import CarryOver, PriorTopics, aligned_coords, movement
+from atlas_assets.lib.refresh import (
+    CarryOver,
+    PriorTopics,
+    aligned_coords,
+    carry_cluster_ids,
+    movement,
+)
 from atlas_assets.store import DatasetPaths, read_resource, resource_info
 
 FRESH_TAG = "atlas/fresh"
@@ -82,3 +88,13 @@ def map_movement(before: pa.Table | None, ids: list[str], coords: np.ndarray) ->
     old = np.column_stack([before.column("x").to_numpy(), before.column("y").to_numpy()])
     moved = movement(before.column(0).to_pylist(), old, ids, coords)
     return {"start": "previous map", "median_movement": round(moved, 6)}
+
+
+def carried_clusters(paths: DatasetPaths, ids: list[str], clusters: np.ndarray) -> np.ndarray:
+    """Duplicate cluster ids that keep the published build's for unchanged clusters."""
+    path = paths.resource("duplicates")
+    if not path.is_file():
+        return clusters
+    before = read_resource(path)
+    old = before.column("cluster_id").to_numpy()
+    return carry_cluster_ids(before.column(0).to_pylist(), old, ids, clusters)

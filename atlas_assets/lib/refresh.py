@@ -210,3 +210,31 @@ def movement(
     width = float(np.ptp(old_coords[:, 0])) or 1.0
     moved = np.linalg.norm(np.asarray(coords, np.float64)[pos[here]] - old_coords[here], axis=1)
     return float(np.median(moved) / width)
+
+
+def carry_cluster_ids(
+    old_ids: Sequence[str], old_clusters: np.ndarray, ids: Sequence[str], clusters: np.ndarray
+) -> np.ndarray:
+    """Duplicate cluster ids of a rebuild that keep the previous build's where a cluster holds
+    most of an old cluster's rows (the old cluster it holds most of), others numbered above the
+    old ones in order of their first row. A row that stays alone keeps its id; so does a
+    cluster that new rows joined."""
+    clusters = np.asarray(clusters, np.int64)
+    old_clusters = np.asarray(old_clusters, np.int64)
+    if len(old_clusters) == 0 or len(clusters) == 0:
+        return clusters
+    pos = positions(old_ids, ids)
+    here = pos >= 0
+    old_sizes = np.bincount(old_clusters)
+    pairs, overlap = np.unique(
+        np.column_stack([clusters[here], old_clusters[pos[here]]]), axis=0, return_counts=True
+    )
+    remap = np.full(int(clusters.max()) + 1, -1, np.int64)
+    best = np.zeros(len(remap), np.int64)
+    for (new, was), m in zip(pairs.tolist(), overlap.tolist(), strict=True):
+        if 2 * m > old_sizes[was] and m > best[new]:  # most of ``was``: one new cluster at most
+            remap[new], best[new] = was, m
+    _, first = np.unique(clusters, return_index=True)
+    rest = [c for c in clusters[np.sort(first)].tolist() if remap[c] < 0]
+    remap[rest] = int(old_clusters.max()) + 1 + np.arange(len(rest))
+    return remap[clusters]

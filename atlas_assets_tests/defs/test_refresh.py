@@ -44,8 +44,11 @@ def test_rebuilds_keep_the_map_and_fresh_starts_over(store, arxiv, capsys):
     assert _metadata("projected")["refresh"]["median_movement"] == 0.0
 
     # 20 more rows: old points barely move, and the listing says what happened.
+    clusters = ds.maps[0].duplicates.df.set_index("arxiv_id")["cluster_id"]
     ds.add_data(frame.iloc[120:])
     grown = _state(ds.create_index())
+    after = ds.maps[0].duplicates.df.set_index("arxiv_id")["cluster_id"]
+    assert (after.loc[clusters.index] == clusters).mean() > 0.9  # duplicate clusters keep ids
     moved = np.linalg.norm(grown[0].loc[first[0].index] - first[0], axis=1)
     width = np.ptp(first[0]["x"])
     assert np.median(moved) / width < 0.02

@@ -206,3 +206,16 @@ def test_rows_that_form_a_new_cluster_make_a_new_topic_and_leave_the_others_alon
         all_ids, _tree(all_ids, texts + new_texts, np.vstack([latent, embed_texts(new_texts)]))
     )
     assert not scratch.loc[sorted(ids)].equals(before)
+
+
+def test_duplicate_clusters_keep_their_ids_across_a_refresh():
+    from atlas_assets.lib.refresh import carry_cluster_ids
+
+    old_ids = ["a", "b", "c", "d", "e"]
+    old = np.array([0, 1, 1, 2, 3])  # b, c duplicates; a, d, e alone
+    # "z" is new and joins d; "a" was removed; rows come in another order
+    ids = ["e", "d", "c", "z", "b", "y"]
+    new = np.array([0, 1, 2, 1, 2, 3])  # numbered by first row, as find_duplicates does
+    out = carry_cluster_ids(old_ids, old, ids, new)
+    assert out.tolist() == [3, 2, 1, 2, 1, 4]  # e, d(+z), b+c keep theirs; y takes a new one
+    assert carry_cluster_ids([], np.array([], np.int64), ids, new).tolist() == new.tolist()

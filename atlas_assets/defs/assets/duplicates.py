@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from atlas_assets.defs import refresh
 from atlas_assets.defs.assets.common import (
     ASSET_DEFAULTS,
     data_version,
@@ -56,11 +57,14 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
 
     id_field = data.column_names[0]
     ids = data.column(id_field)
+    cluster_id = result.cluster_id
+    if not refresh.fresh_requested(context):  # unchanged clusters keep their ids
+        cluster_id = refresh.carried_clusters(paths, ids.to_pylist(), cluster_id)
     table = pa.table(
         {
             id_field: ids,
             "duplicate_class": pa.array(result.duplicate_class.astype(str)),
-            "cluster_id": pa.array(result.cluster_id, pa.int64()),
+            "cluster_id": pa.array(cluster_id, pa.int64()),
         }
     )
     pairs = pa.table(
