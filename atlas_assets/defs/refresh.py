@@ -69,8 +69,11 @@ def previous_topics(
     hierarchy = paths.resource("hierarchy")
     if per_datum is None or not hierarchy.is_file():
         return None
-    prior = PriorTopics.from_tables(per_datum.to_pandas(), read_resource(hierarchy).to_pandas())
-    return prior.aligned(ids)
+    try:
+        tables = per_datum.to_pandas(), read_resource(hierarchy).to_pandas()
+        return PriorTopics.from_tables(*tables).aligned(ids)
+    except (ValueError, KeyError):  # not a tree this version wrote: start from scratch
+        return None
 
 
 def with_refresh(table: pa.Table, summary: dict[str, Any]) -> pa.Table:
