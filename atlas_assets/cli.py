@@ -210,7 +210,8 @@ def cmd_tags(args: argparse.Namespace) -> int:
     from atlas_assets.store import dataset_paths
 
     paths = dataset_paths(args.dataset)
-    counts = open_tag_store(paths).counts() if paths.tag_db.exists() else {}
+    tags = open_tag_store(paths)
+    counts = tags.counts() if tags.exists() else {}
     if not counts:
         print(f"{paths.identifier} has no tags")
     for name, count in counts.items():

@@ -390,8 +390,9 @@ class AtlasDataset:
         topics keep their ids and labels where they barely changed (see ``lib/refresh.py``).
         ``fresh=True`` rebuilds from scratch, this once (it is not recorded).
         """
-        from atlas_assets.reader.run import materialize_map
+        from atlas_assets.reader.run import check_build_settings, materialize_map
 
+        check_build_settings()  # a wrong database setting: said now, the options not recorded
         with locked(self._paths.build_lock):
             map_name = self._record_index(
                 name,
@@ -498,10 +499,8 @@ class AtlasDataset:
                 raise ValueError(
                     f"indexed_field {indexed_field!r} is not a column; columns are {schema.names}"
                 )
-            if not (
-                pa.types.is_string(schema.field(indexed_field).type)
-                or pa.types.is_large_string(schema.field(indexed_field).type)
-            ):
+            # Stored text is plain strings: lib.validate casts large and dictionary ones.
+            if not pa.types.is_string(schema.field(indexed_field).type):
                 raise ValueError(
                     f"indexed_field {indexed_field!r} must be a text column, "
                     f"got {schema.field(indexed_field).type}"
@@ -583,7 +582,11 @@ class AtlasDataset:
         dataset, keeps its vectors. Waits for a running build of the dataset to end first.
         """
         self._refresh()
+        from atlas_assets.store.tags import tag_store
+
         with locked(self._paths.build_lock), locked(self._paths.lock):
+            # Tags first: a shared tag database that cannot be reached leaves the dataset whole.
+            tag_store(self._paths).drop()
             shutil.rmtree(self._paths.root)
         from atlas_assets.reader.run import forget_partition
 

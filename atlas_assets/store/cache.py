@@ -1,4 +1,5 @@
-"""The embedding cache: vectors keyed by (model, text hash), in append-only Arrow shards.
+"""What the embedding stage keeps between runs: the embedding cache, vectors keyed by (model,
+text hash) in append-only Arrow shards, and the static models distilled from a transformer.
 
 Each run that embeds new texts adds one file, so concurrent runs never rewrite each other's work.
 """
@@ -6,13 +7,24 @@ Each run that embeds new texts adds one file, so concurrent runs never rewrite e
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from atlas_assets.store.files import fixed_list, matrix, read_arrow, write_arrow
+from atlas_assets.store.files import (
+    atomic_path,
+    fixed_list,
+    locked,
+    matrix,
+    read_arrow,
+    write_arrow,
+)
+from atlas_assets.store.layout import static_model_path
+
+__all__ = ["EmbeddingCache", "build_once", "static_model_path", "write_arrays"]
 
 
 class EmbeddingCache:
@@ -50,3 +62,17 @@ class EmbeddingCache:
             }
         )
         write_arrow(self.directory / f"{uuid.uuid4().hex}.arrow", table)
+
+
+def write_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """Write named arrays to one ``.npz`` file, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def build_once(path: Path, build: Callable[[], None]) -> None:
+    """Run ``build`` (which writes ``path``) unless ``path`` exists: once per store, since a
+    file lock beside ``path`` makes concurrent processes wait for the first builder."""
+    with locked(path.with_suffix(".lock")):
+        if not path.exists():
+            build()

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from atlas_assets.options import IndexConfig
 from atlas_assets.store.files import locked, now_iso, read_arrow, read_json, write_arrow, write_json
 from atlas_assets.store.layout import SHARD_NAME, DatasetPaths
 
@@ -256,6 +257,11 @@ def map_config(paths: DatasetPaths) -> dict[str, Any]:
             f"`atlas index {paths.identifier} --field <text column>` (or create_index in Python)"
         )
     return meta["maps"][0]
+
+
+def index_config(paths: DatasetPaths) -> IndexConfig:
+    """:func:`map_config`, parsed: which stages are on and with which options."""
+    return IndexConfig(map_config(paths))
 
 
 def count_rows_of(shard: Path) -> int:

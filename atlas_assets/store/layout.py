@@ -80,17 +80,80 @@ def dagster_home() -> Path:
     return Path(env).expanduser().resolve() if env else atlas_home() / ".dagster"
 
 
+# The Dagster instance's PostgreSQL database (run, event-log and schedule storage); unset, the
+# instance is SQLite in DAGSTER_HOME.
+DAGSTER_PG_URL = "ATLAS_DAGSTER_PG_URL"
+_WRITTEN_BY = "# Written by atlas-assets"
+_SQLITE_YAML = (
+    f"{_WRITTEN_BY}: default SQLite storage in this folder.\ntelemetry:\n  enabled: false\n"
+)
+# The URL stays in the environment (Dagster reads it there at every start), never in the file.
+_POSTGRES_YAML = (
+    f"{_WRITTEN_BY}: run, event-log and schedule storage in the PostgreSQL database\n"
+    f"# of ${DAGSTER_PG_URL} (rewritten when that variable is set or unset; delete these\n"
+    "# comment lines to keep your own edits).\n"
+    "storage:\n"
+    "  postgres:\n"
+    "    postgres_url:\n"
+    f"      env: {DAGSTER_PG_URL}\n"
+    "telemetry:\n  enabled: false\n"
+)
+
+
+def check_dagster_pg_url() -> str | None:
+    """``$ATLAS_DAGSTER_PG_URL`` checked (its form, then a connection), writing nothing; ``None``
+    when unset (SQLite). A ``ValueError`` or ``DatabaseUnavailable`` names the setting."""
+    url = os.environ.get(DAGSTER_PG_URL, "").strip()
+    if url:
+        from atlas_assets.lib.pg import check_reachable, check_url
+
+        check_reachable(check_url(url, DAGSTER_PG_URL, driver="psycopg2"), DAGSTER_PG_URL)
+    return url or None
+
+
 def ensure_dagster_home() -> Path:
     """Create the Dagster instance folder with a ``dagster.yaml`` (telemetry off: nothing leaves
-    this machine) unless one exists; returns the folder."""
+    this machine); returns the folder.
+
+    With ``$ATLAS_DAGSTER_PG_URL`` set (``postgresql+psycopg2://user:password@host/db``: the
+    driver dagster-postgres needs), the instance stores runs, event logs and schedules in that
+    PostgreSQL database (``dagster-postgres``), checked here first: a malformed URL is a
+    ``ValueError`` and an unreachable database or wrong credentials a ``DatabaseUnavailable``,
+    both naming the setting, before anything is written. A ``dagster.yaml`` this function wrote
+    follows the variable (set after a first local run, the instance switches to PostgreSQL and
+    says so); one the user wrote is left alone, unless the variable is set and the file does not
+    configure PostgreSQL storage, which is refused rather than silently ignored.
+    """
+    url = check_dagster_pg_url()
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(
-            "# Written by atlas-assets: default SQLite storage in this folder.\n"
-            "telemetry:\n  enabled: false\n"
+    wanted = _POSTGRES_YAML if url else _SQLITE_YAML
+    current = config.read_text() if config.exists() else None
+    if current == wanted:
+        return home
+    if current is not None and not current.startswith(_WRITTEN_BY):
+        if url and "postgres" not in current:
+            raise ValueError(
+                f"{DAGSTER_PG_URL} is set but {config} (not written by atlas-assets) does not "
+                f"configure PostgreSQL storage: add 'storage: {{postgres: {{postgres_url: "
+                f"{{env: {DAGSTER_PG_URL}}}}}}}' to it, or remove it to have it written"
+            )
+        return home
+    if current is not None:
+        import warnings
+
+        where = "PostgreSQL ($ATLAS_DAGSTER_PG_URL)" if url else "SQLite in this folder"
+        warnings.warn(
+            f"the Dagster instance in {home} now stores its runs in {where}; the runs recorded "
+            "before stay where they were, and each dataset's partition comes back at its next "
+            "build (atlas index)",
+            UserWarning,
+            stacklevel=2,
         )
+    tmp = config.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+    tmp.write_text(wanted)
+    os.replace(tmp, config)  # a reader sees the old file or the new one, never half of one
     return home
 
 
