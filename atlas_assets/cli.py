@@ -59,6 +59,7 @@ def _index_options(args: argparse.Namespace) -> dict:
         "projection": projection or None,
         "topic_model": not args.no_topics,
         "duplicate_detection": duplicates,
+        "fresh": args.fresh,
     }
 
 
@@ -143,7 +144,36 @@ def cmd_ls(args: argparse.Namespace) -> int:
         version = info["dataset_version"] if info else None
         states = "  ".join(f"{r}={_state(paths, r, version)}" for r in RESOURCES)
         print(f"{paths.identifier}  rows={count_rows(paths)}  {states}")
+        if changes := _last_rebuild(paths):
+            print(f"  last build: {changes}")
     return 0
+
+
+def _last_rebuild(paths) -> str:
+    """What the last build did to the map (recorded by the projected and topics assets): where
+    the layout started and how far old points moved, and topics kept/split/merged/new/gone."""
+    import json
+
+    parts = []
+    moved = (resource_info(paths.resource("projected")) or {}).get("refresh")
+    if moved:
+        moved = json.loads(moved)
+        if "median_movement" in moved:
+            share = 100 * moved["median_movement"]
+            parts.append(f"map kept, old points moved {share:.1f}% of its width (median)")
+        else:
+            parts.append("map laid out from scratch")
+    topics = (resource_info(paths.resource("topics")) or {}).get("refresh")
+    if topics:
+        topics = json.loads(topics)
+        if "start" in topics:
+            parts.append("topics from scratch")
+        for depth, c in topics.items():
+            if isinstance(c, dict):
+                kinds = ("kept", "split", "merged", "new", "gone")
+                counts = ", ".join(f"{c[k]} {k}" for k in kinds)
+                parts.append(f"{depth} topics: {counts}")
+    return "; ".join(parts)
 
 
 def _read_ids(source: str) -> list[str]:
@@ -278,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--no-topics", action="store_true", help="skip the topic model")
     index.add_argument("--no-duplicates", action="store_true", help="skip duplicate detection")
     index.add_argument("--duplicate-cutoff", type=float, help="cosine distance (default 0.1)")
+    index.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rebuild from scratch, this once (a rebuild otherwise keeps the previous map's "
+        "layout, topic ids and labels)",
+    )
     index.set_defaults(func=cmd_index)
 
     ls = sub.add_parser("ls", help="list datasets and the state of each map resource")

@@ -59,9 +59,10 @@ def test_refresh_benchmark_runs(capsys, tmp_path, monkeypatch):
     from benchmarks import refresh
 
     monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # the benchmark points both homes elsewhere
-    line = refresh.main(["--n", "30"])
+    line = refresh.main(["--quick", "--n", "30", "--stability-n", "60"])
     assert _last_line(capsys) == line
     assert LAST_LINE.match(line).group(1) == "refresh"
+    assert "carried kept1=" in line and "scratch kept1=" in line
 
 
 @pytest.mark.slow

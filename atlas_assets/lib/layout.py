@@ -128,11 +128,17 @@ def _epoch(
     attract,
     repel,
     alpha,
+    rates,
     epoch,
     seed,
 ):
     n = before.shape[0]
     for i in numba.prange(n):
+        if rates[i] == 0.0:  # pinned: a refresh keeps this point where it was
+            after[i, 0] = before[i, 0]
+            after[i, 1] = before[i, 1]
+            continue
+        step = alpha * rates[i]
         x = before[i, 0]
         y = before[i, 1]
         negatives = 0
@@ -145,8 +151,8 @@ def _epoch(
             d2 = dx * dx + dy * dy
             if d2 > 0.0:
                 force = _force(attract, d2)
-                x += _clip(force * dx) * alpha
-                y += _clip(force * dy) * alpha
+                x += _clip(force * dx) * step
+                y += _clip(force * dy) * step
             next_sample[e] += epochs_per_sample[e]
             per_negative = epochs_per_sample[e] / NEGATIVE_SAMPLE_RATE
             due = int((epoch - next_negative[e]) / per_negative)
@@ -174,8 +180,8 @@ def _epoch(
                 force = _force(repel, d2) * (np.float32(1.0) if live else np.float32(0.0))
                 push_x += _clip(force * dx)
                 push_y += _clip(force * dy)
-        after[i, 0] = x + push_x * alpha
-        after[i, 1] = y + push_y * alpha
+        after[i, 0] = x + push_x * step
+        after[i, 1] = y + push_y * step
 
 
 def optimize_layout(
@@ -187,14 +193,22 @@ def optimize_layout(
     n_epochs: int,
     seed: int = 0,
     learning_rate: float = 1.0,
+    rates: np.ndarray | None = None,
 ) -> np.ndarray:
     """Lay out the symmetric fuzzy graph ``graph`` (``N x N``) in 2-D, starting from ``init``.
 
     ``a`` and ``b`` are umap-learn's curve parameters (``umap.umap_.find_ab_params``). As in
     umap-learn, edges weaker than ``1 / n_epochs`` of the strongest are never sampled.
+    ``rates`` (``(N,)``, default all 1) scales each point's learning rate: 0 pins a point where
+    ``init`` has it (a refresh keeps the old map; see ``lib.project.project``).
     """
     if init.ndim != 2 or init.shape[1] != 2 or init.shape[0] != graph.shape[0]:
         raise ValueError(f"init must be ({graph.shape[0]}, 2), got {init.shape}")
+    if rates is None:
+        rates = np.ones(len(init), np.float32)
+    rates = np.ascontiguousarray(rates, dtype=np.float32)
+    if rates.shape != (len(init),):
+        raise ValueError(f"rates must be ({len(init)},), got {rates.shape}")
     csr = scipy.sparse.csr_matrix(graph, dtype=np.float64, copy=True)  # pruned in place below
     csr.data[csr.data < csr.data.max() / n_epochs] = 0.0
     csr.eliminate_zeros()
@@ -223,6 +237,7 @@ def optimize_layout(
                 attract,
                 repel,
                 alpha,
+                rates,
                 epoch,
                 seed,
             )

@@ -15,6 +15,11 @@ from atlas_assets.lib.layout import epochs_for, optimize_layout
 _MIN_UMAP_ROWS = 8
 _SMOOTHING_STEPS = 50
 _BLOCK_ROWS = 65_536
+# A refresh (``project(initial=...)``): learning-rate scales of new rows and of old rows next to
+# them (others stay put), and the share of the usual epochs. Chosen with benchmarks/refresh.py.
+NEW_ROW_RATE = 0.25
+OLD_ROW_RATE = 0.005
+WARM_EPOCHS = 0.3
 
 
 def _principal_coords(latent: np.ndarray) -> np.ndarray:
@@ -141,6 +146,50 @@ def _initial_layout(latent: np.ndarray, graph: scipy.sparse.spmatrix, seed: int)
     return (coords + noise).astype(np.float32)
 
 
+def warm_start(
+    graph: scipy.sparse.csr_matrix, latent: np.ndarray, initial: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A refresh's start and per-point learning-rate scales (``optimize_layout(rates=...)``).
+
+    Old rows (finite ``initial``) start where they were; a new row starts at the weighted mean
+    of its placed neighbours in the fuzzy ``graph`` (repeated so placements spread into groups
+    of new rows), else at the old row nearest in ``latent``, plus a little seeded noise. New rows
+    move at ``NEW_ROW_RATE``, old rows next to a new one at ``OLD_ROW_RATE`` and the others not
+    at all: what did not change stays put.
+    """
+    n = graph.shape[0]
+    known = np.isfinite(initial).all(axis=1)
+    coords = np.where(known[:, None], initial, 0.0).astype(np.float64)
+    placed = known.copy()
+    for _ in range(50):
+        todo = np.flatnonzero(~placed)
+        if todo.size == 0:
+            break
+        sub = graph[todo][:, placed]
+        weight = np.asarray(sub.sum(axis=1)).ravel()
+        ok = weight > 0
+        if not ok.any():
+            break
+        mean = (sub @ coords[placed]) / np.maximum(weight, 1e-12)[:, None]
+        coords[todo[ok]] = mean[ok]
+        placed[todo[ok]] = True
+    todo = np.flatnonzero(~placed)
+    if todo.size:  # a group of new rows with no path to an old one: beside its nearest old row
+        old = np.flatnonzero(known)
+        for start in range(0, todo.size, 4096):
+            block = todo[start : start + 4096]
+            nearest = old[np.argmax(latent[block] @ latent[old].T, axis=1)]
+            coords[block] = coords[nearest]
+    new = ~known
+    noise = np.random.default_rng(seed).normal(scale=1e-2, size=(int(new.sum()), 2))
+    coords[new] += noise
+    rates = np.zeros(n, np.float32)
+    near_new = np.asarray(graph[:, new].sum(axis=1)).ravel() > 0
+    rates[near_new] = OLD_ROW_RATE
+    rates[new] = NEW_ROW_RATE
+    return coords.astype(np.float32), rates
+
+
 def layout_name(model: str | None) -> str:
     """The implementation that lays out the map for ``NomicProjectOptions.model``, as the
     ``projected`` asset records it: umap-learn (with its version) for ``"umap"``, else ours."""
@@ -213,6 +262,7 @@ def project(
     spread: float = 1.0,
     seed: int | None = 0,
     model: str | None = None,
+    initial: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(N, 2)`` float32 map coordinates of unit vectors ``latent``.
 
@@ -233,8 +283,22 @@ def project(
       umap-learn lays out on one thread. On 2,000 arXiv abstracts it took 6.8 s the first time
       in a process and 1.5 s after, against our 0.25 s, for trustworthiness@15 0.943 against
       our 0.950.
+
+    ``initial`` (a refresh; ours only, ``"umap"`` lays out afresh) is ``(N, 2)``: each row's
+    coordinates in the previous map, NaN for new rows (``lib.refresh.aligned_coords``). The
+    layout then starts from it (``warm_start``): old rows far from any new row stay exactly
+    where they were, new rows and their neighbours move, for ``WARM_EPOCHS`` of the epochs,
+    so the map neither rotates, mirrors nor jumps. Without a new row it is returned as it is.
     """
     n = latent.shape[0]
+    if initial is not None:
+        initial = np.asarray(initial, dtype=np.float32)
+        if initial.shape != (n, 2):
+            raise ValueError(f"initial must have shape ({n}, 2), got {initial.shape}")
+        if model == "umap" or not np.isfinite(initial).all(axis=1).any():
+            initial = None  # umap-learn has no warm start here; nothing to keep
+        elif np.isfinite(initial).all():
+            return initial.copy()  # no new row: the map stays as it was
     if n < _MIN_UMAP_ROWS:
         return _pca_2d(latent)
     indices, distances = _neighbours(knn, n_neighbors, n)
@@ -252,6 +316,18 @@ def project(
         seed = int(np.random.default_rng().integers(2**31))
     graph = fuzzy_graph(indices, distances)
     a, b = curve_params(spread, min_dist)
+    if initial is not None:
+        start, rates = warm_start(graph, latent, initial, seed)
+        epochs = n_epochs or epochs_for(n)
+        return optimize_layout(
+            graph,
+            start,
+            a=a,
+            b=b,
+            n_epochs=max(1, round(epochs * WARM_EPOCHS)),
+            seed=seed,
+            rates=rates,
+        )
     return optimize_layout(
         graph,
         _initial_layout(latent, graph, seed),

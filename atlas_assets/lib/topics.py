@@ -40,6 +40,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from atlas_assets.lib.graph import KnnGraph
+from atlas_assets.lib.refresh import CarryOver, describe_changes, match_topics
 
 Labeller = Callable[[list[str], list[str]], str]
 Encoder = Callable[[list[str]], np.ndarray]
@@ -64,6 +65,11 @@ COVERAGE_WEIGHT = 0.5
 PAIRED = 6
 # Until stable: on arXiv, 2 iterations (igraph's default) lose 0.005 to 0.015 NMI per depth.
 LEIDEN_ITERATIONS = -1
+# A refresh keeps the previous topics of a split unless Leiden's partition has a modularity
+# higher by at least this much (``_hysteresis``). Measured on AG News (6,800 rows + 10%): the
+# gains of splits that kept their number of topics were 0.0005 to 0.005, up to 0.02 in small
+# splits; a group of new rows that forms a topic of its own is kept without this margin.
+KEEP_MARGIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,15 @@ class TopicTree:
     has one row per topic with columns ``topic_id`` (unique across depths), ``depth`` (1..D),
     ``parent_id`` (``-1`` at depth 1), ``label`` (unique within a depth), ``keywords`` (list of
     up to 10 strings) and ``size``. ``noise`` counts the rows the clustering left without a
-    cluster and that were assigned to their nearest topic (``"hdbscan"`` only).
+    cluster and that were assigned to their nearest topic (``"hdbscan"`` only). ``changes``
+    (a refresh only) says per depth which topics were kept, split, merged, new and gone
+    (:func:`atlas_assets.lib.refresh.describe_changes`).
     """
 
     assignments: np.ndarray
     topics: pd.DataFrame
     noise: int = 0
+    changes: dict | None = None
 
     @property
     def depth(self) -> int:
@@ -448,13 +457,27 @@ def _igraph(A: sp.csr_matrix):
     return graph
 
 
-def _communities(graph, resolution: float, seed: int, method: str = "leiden") -> np.ndarray:
+def _communities(
+    graph,
+    resolution: float,
+    seed: int,
+    method: str = "leiden",
+    initial: np.ndarray | None = None,
+) -> np.ndarray:
     """Community labels (0..c-1, largest first) of a weighted igraph graph by modularity.
 
     ``method`` is ``"leiden"`` (connected communities guaranteed) or ``"louvain"`` (kept for
     the comparison in ``benchmarks/topics.py``). igraph draws from Python's ``random``, so
-    seeding that makes both deterministic.
+    seeding that makes both deterministic. ``initial`` (Leiden only) is a membership to start
+    from, ``-1`` for vertices that start alone: a refresh starts from the previous topics.
     """
+    start = None
+    if initial is not None:
+        start = initial.copy()
+        alone = start < 0
+        start[~alone] = np.unique(start[~alone], return_inverse=True)[1]
+        start[alone] = int(start[~alone].max(initial=-1)) + 1 + np.arange(int(alone.sum()))
+        start = start.tolist()
     state = random.getstate()
     random.seed(seed)
     try:
@@ -464,6 +487,7 @@ def _communities(graph, resolution: float, seed: int, method: str = "leiden") ->
                 weights="weight",
                 resolution=resolution,
                 n_iterations=LEIDEN_ITERATIONS,
+                initial_membership=start,
             )
         elif method == "louvain":
             parts = graph.community_multilevel(weights="weight", resolution=resolution)
@@ -539,9 +563,11 @@ def _split(
     resolution: float,
     seed: int,
     method: str,
+    initial: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Partition ``members`` (sorted row numbers) into communities, or ``None`` when there is no
-    useful split. ``graph`` is ``A`` as built by ``_igraph``."""
+    useful split. ``graph`` is ``A`` as built by ``_igraph``; ``initial`` (per row, ``-1`` for
+    none) is a partition for Leiden to start from."""
     m = members.size
     min_size = _min_topic_size(m)
     if m < 2 * min_size:
@@ -552,9 +578,53 @@ def _split(
     # igraph numbers the subgraph's vertices in the order of the original ids: sorted members.
     whole = m == graph.vcount()
     g = graph if whole else graph.induced_subgraph(members)
-    labels = _communities(g, resolution, seed, method)
+    start = None if initial is None else initial[members]
+    if start is not None and (start < 0).any() and (start >= 0).any():
+        # Modularity weighs a merge against the graph's total weight, so a group of new rows
+        # apart from the rest would merge old topics it never touched (the resolution limit).
+        # Scaling the resolution by the weight the new rows hold among themselves keeps the
+        # old topics' balance: by 1 when new rows mingle with old ones, by the growth of the
+        # total when they only link to each other.
+        new = start < 0
+        total = float(sub.sum())
+        resolution *= total / max(total - float(sub[new][:, new].sum()), 1e-12)
+    labels = _communities(g, resolution, seed, method, start)
     labels = _reassign_small(labels, sub, latent[members], min_size)
+    if start is not None and (start >= 0).any():
+        labels = _hysteresis(labels, start, g, sub, latent[members], resolution, min_size)
     return labels if labels.max() >= 1 else None
+
+
+def _hysteresis(
+    labels: np.ndarray,
+    start: np.ndarray,
+    graph,
+    A: sp.csr_matrix,
+    latent: np.ndarray,
+    resolution: float,
+    min_size: int,
+) -> np.ndarray:
+    """A refresh's partition: Leiden's ``labels`` only if their modularity beats the previous
+    topics' by ``KEEP_MARGIN``, else the previous topics (``start``, ``-1`` on new rows).
+
+    In the previous topics, new rows that Leiden grouped mostly among themselves keep those
+    groups (new topics), and the other new rows join the topic of their neighbours. Leiden, even
+    started from the previous topics, moves rows along every border for small gains in
+    modularity; those are not worth renaming topics of a map its users learnt.
+    """
+    old = start.copy()
+    fresh = start < 0
+    old[~fresh] = np.unique(start[~fresh], return_inverse=True)[1]
+    share_new = np.bincount(labels, weights=fresh.astype(float)) / np.bincount(labels)
+    for c in np.flatnonzero(share_new > 0.5):
+        old[fresh & (labels == c)] = int(old.max()) + 1
+    old = _reassign_small(_assign_noise(old, A, latent), A, latent, min_size)
+    gain = _modularity(graph, labels, resolution) - _modularity(graph, old, resolution)
+    return labels if gain >= KEEP_MARGIN else old
+
+
+def _modularity(graph, labels: np.ndarray, resolution: float) -> float:
+    return float(graph.modularity(labels.tolist(), weights="weight", resolution=resolution))
 
 
 def _graph_tree(
@@ -564,15 +634,23 @@ def _graph_tree(
     resolutions: Sequence[float],
     seed: int,
     method: str,
+    previous: np.ndarray | None = None,
 ) -> _Node:
+    """The top-down Leiden tree; with ``previous`` (``(N, D_old)`` old topic ids, ``-1`` on
+    new rows) each split starts from the old topics of its depth, new rows on their own."""
     n = latent.shape[0]
+    if previous is not None and method == "leiden" and (previous[:, 0] >= 0).all():
+        return _tree_of(previous[:, :max_depth])  # no new row: nothing to re-cluster
     graph = _igraph(A)
     root = _Node(np.arange(n))
     frontier = [root]
     for depth in range(max_depth):
         nxt = []
+        start = None
+        if previous is not None and method == "leiden" and depth < previous.shape[1]:
+            start = previous[:, depth]
         for node in frontier:
-            labels = _split(node.rows, A, graph, latent, resolutions[depth], seed, method)
+            labels = _split(node.rows, A, graph, latent, resolutions[depth], seed, method, start)
             if labels is None and depth == 0:  # depth 1 always exists
                 labels = np.zeros(n, np.int64)
             if labels is not None:
@@ -580,6 +658,26 @@ def _graph_tree(
                     _Node(node.rows[labels == c]) for c in range(int(labels.max()) + 1)
                 ]
                 nxt.extend(node.children)
+        frontier = nxt
+    return root
+
+
+def _tree_of(assignments: np.ndarray) -> _Node:
+    """The tree whose depth ``d`` topics are the groups of column ``d - 1`` (nested); a topic
+    whose rows all fall in one topic of the next depth carries on unsplit."""
+    root = _Node(np.arange(assignments.shape[0]))
+    frontier = [root]
+    for depth in range(assignments.shape[1]):
+        nxt = []
+        for node in frontier:
+            column = assignments[node.rows, depth]
+            groups = [node.rows[column == c] for c in np.unique(column)]
+            groups.sort(key=lambda g: (-g.size, g[0]))
+            if len(groups) == 1 and depth > 0:
+                node.children = [_Node(node.rows, carried=True)]
+            else:
+                node.children = [_Node(g) for g in groups]
+            nxt.extend(node.children)
         frontier = nxt
     return root
 
@@ -758,6 +856,7 @@ def build_topic_tree(
     cluster_method: ClusterMethod = "fast",
     community: Literal["leiden", "louvain"] = "leiden",
     encode: Encoder | None = None,
+    previous: CarryOver | None = None,
 ) -> TopicTree:
     """Build a topic tree of 2 or 3 depths (``max_depth`` at most) over ``N`` rows.
 
@@ -769,6 +868,14 @@ def build_topic_tree(
     learn then HDBSCAN, as BERTopic). ``encode`` embeds phrases with the map's model, to re-rank
     label candidates by similarity to the topic's centroid; ``labeller(keywords,
     central_texts)`` replaces the phrase labels altogether. Deterministic for a given ``seed``.
+
+    ``previous`` (a refresh: the previous build's topics aligned to these rows, see
+    :mod:`atlas_assets.lib.refresh`) keeps the map its users learnt. With ``"fast"``, each
+    Leiden split starts from the old topics (new rows on their own), and when no row is new the
+    old topics are kept as they are. Whatever the method, new topics are then matched to the
+    old ones at every depth: a matched topic keeps its ``topic_id`` and label, others get ids
+    above the old ones, and ``TopicTree.changes`` says what was kept, split, merged, new and
+    gone. ``"hdbscan"`` clusters afresh (it has no starting partition) and only matches.
     """
     latent = np.asarray(latent, dtype=np.float32)
     n = latent.shape[0]
@@ -783,6 +890,8 @@ def build_topic_tree(
         raise ValueError(f"need {max_depth} resolutions, got {len(resolutions)}")
     if cluster_method not in ("fast", "hdbscan"):
         raise ValueError(f"cluster_method must be 'fast' or 'hdbscan', got {cluster_method!r}")
+    if previous is not None and previous.assignments.shape[0] != n:
+        raise ValueError("previous must be aligned to the rows (PriorTopics.aligned)")
     if n == 0:
         empty = pd.DataFrame({c: [] for c in TOPIC_COLUMNS})
         return TopicTree(np.full((0, 2), -1, np.int64), empty)
@@ -792,14 +901,54 @@ def build_topic_tree(
     if cluster_method == "hdbscan":
         root, noise = _hdbscan_tree(A, latent, knn, max_depth, seed)
     else:
-        root = _graph_tree(A, latent, max_depth, resolutions, seed, community)
+        old = None if previous is None else previous.assignments
+        root = _graph_tree(A, latent, max_depth, resolutions, seed, community, old)
     nodes = _flatten(root, max_depth)
     depth_count = max(d for _, d, _, _ in nodes)
     assignments = np.full((n, depth_count), -1, np.int64)
     for tid, depth, _, node in nodes:
         assignments[node.rows, depth - 1] = tid
-    topics = _describe(nodes, latent, texts, labeller, encode, seed)
-    return TopicTree(assignments=assignments, topics=topics, noise=noise)
+    if previous is None:
+        topics = _describe(nodes, latent, texts, labeller, encode, seed)
+        return TopicTree(assignments=assignments, topics=topics, noise=noise)
+    nodes, assignments, fixed, matches = _carry_ids(nodes, assignments, previous)
+    topics = _describe(nodes, latent, texts, labeller, encode, seed, fixed)
+    new_labels = dict(zip(topics["topic_id"].tolist(), topics["label"].tolist(), strict=True))
+    changes = describe_changes(matches, new_labels, previous.labels)
+    return TopicTree(assignments=assignments, topics=topics, noise=noise, changes=changes)
+
+
+def _carry_ids(
+    nodes: list[tuple[int, int, int, _Node]], assignments: np.ndarray, previous: CarryOver
+) -> tuple[list[tuple[int, int, int, _Node]], np.ndarray, dict[int, str], list]:
+    """Renumber the tree's topics: a topic matched to an old one takes its id (and its label,
+    returned as ``fixed``); the others take ids from ``previous.next_id`` on, in level order."""
+    from atlas_assets.lib.refresh import Match
+
+    raw = []
+    remap: dict[int, int] = {}
+    for d in range(1, min(assignments.shape[1], previous.assignments.shape[1]) + 1):
+        old = previous.assignments[:, d - 1]
+        m = match_topics(assignments[:, d - 1], old, previous.sizes_at(d))
+        raw.append(m)
+        remap.update(m.kept)
+    fixed = {remap[a]: previous.labels[b] for m in raw for a, b in m.kept.items()}
+    next_id = previous.next_id
+    for tid, _, _, _ in nodes:  # level order, as the ids of a first build
+        if tid not in remap:
+            remap[tid] = next_id
+            next_id += 1
+    lookup = np.array([remap[t] for t in range(len(nodes))], np.int64)
+    nodes = [(remap[t], d, remap.get(p, -1), node) for t, d, p, node in nodes]
+    matches = [
+        Match(
+            kept={int(lookup[a]): b for a, b in m.kept.items()},
+            sources={int(lookup[a]): s for a, s in m.sources.items()},
+            parts={b: [int(lookup[a]) for a in ps] for b, ps in m.parts.items()},
+        )
+        for m in raw
+    ]
+    return nodes, lookup[assignments], fixed, matches
 
 
 def _describe(
@@ -809,8 +958,10 @@ def _describe(
     labeller: Labeller | None,
     encode: Encoder | None,
     seed: int,
+    fixed: dict[int, str] | None = None,
 ) -> pd.DataFrame:
-    """Keywords (against siblings), labels and sizes for every node of the tree."""
+    """Keywords (against siblings), labels and sizes for every node of the tree; ``fixed``
+    labels (topics a refresh kept) stay as they are."""
     X, vocab = _doc_term(texts)
     keywords: dict[int, list[str]] = {}
     siblings: dict[int, list[tuple[int, _Node]]] = {}
@@ -829,7 +980,7 @@ def _describe(
         if node.carried:
             keywords[tid] = keywords[parent]
 
-    labels = _labels(nodes, siblings, keywords, latent, texts, labeller, encode, seed)
+    labels = _labels(nodes, siblings, keywords, latent, texts, labeller, encode, seed, fixed or {})
     return pd.DataFrame(
         {
             "topic_id": [t for t, _, _, _ in nodes],
@@ -851,8 +1002,10 @@ def _labels(
     labeller: Labeller | None,
     encode: Encoder | None,
     seed: int,
+    fixed: dict[int, str],
 ) -> dict[int, str]:
-    """A label per topic, unique within its depth; a carried topic keeps its parent's."""
+    """A label per topic, unique within its depth; a carried topic keeps its parent's, a
+    ``fixed`` one its own (unless it now has siblings and its old label is its parent's)."""
 
     def central(rows: np.ndarray, count: int = N_CENTRAL) -> np.ndarray:
         cent = latent[rows].mean(axis=0)
@@ -893,16 +1046,23 @@ def _labels(
     for tid, depth, parent, node in nodes:
         by_depth.setdefault(depth, []).append((tid, parent, node))
     for group in by_depth.values():
+
+        def kept(tid: int, parent: int) -> bool:
+            return tid in fixed and (parent < 0 or fixed[tid].lower() != labels[parent].lower())
+
         order = [(tid, p, nd) for tid, p, nd in group if nd.carried]  # fixed: parent's label
+        rest = [(tid, p, nd) for tid, p, nd in group if not nd.carried]
+        order += [x for x in rest if kept(x[0], x[1])]  # a refresh kept these, with their label
         order += sorted(
-            ((tid, p, nd) for tid, p, nd in group if not nd.carried),
-            key=lambda x: (-x[2].rows.size, x[0]),
+            (x for x in rest if not kept(x[0], x[1])), key=lambda x: (-x[2].rows.size, x[0])
         )
         taken: set[str] = set()
         raw = []
         for tid, parent, node in order:
             if node.carried:
                 choice = labels[parent]
+            elif kept(tid, parent):
+                choice = fixed[tid]
             else:
                 avoid = taken | ({labels[parent].lower()} if parent >= 0 else set())
                 free = [c for c in ranked[tid] if c.lower() not in avoid]

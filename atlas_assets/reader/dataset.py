@@ -374,6 +374,8 @@ class AtlasDataset:
         duplicate_detection: Any = True,
         embedding_model: Any = None,
         reuse_embeddings_from_index: str | None = None,
+        *,
+        fresh: bool = False,
     ) -> AtlasMap:
         """Record the index configuration and build the map through Dagster; return the map.
 
@@ -383,6 +385,10 @@ class AtlasDataset:
         the Dagster instance (``$DAGSTER_HOME``), so it shows in the Dagster UI with logs and
         lineage. Concurrent calls on one dataset (from any process) run one after the other,
         each building with its own options. Arguments as in :meth:`configure_index`.
+
+        A rebuild keeps the map its users learnt: the layout starts from the previous map and
+        topics keep their ids and labels where they barely changed (see ``lib/refresh.py``).
+        ``fresh=True`` rebuilds from scratch, this once (it is not recorded).
         """
         from atlas_assets.reader.run import check_build_settings, materialize_map
 
@@ -398,21 +404,22 @@ class AtlasDataset:
                 projection=projection,
                 reuse_embeddings_from_index=reuse_embeddings_from_index,
             )
-            materialize_map(self._paths)
+            materialize_map(self._paths, fresh=fresh)
             # Still under the lock: the map as this call built it, not as a next call records.
             return self.get_map(map_name)
 
-    def rebuild_maps(self) -> list[AtlasMap]:
+    def rebuild_maps(self, *, fresh: bool = False) -> list[AtlasMap]:
         """Rebuild every map with its recorded options, taking in the data added since.
 
-        (Examples written for older hosted clients call it after ``add_data``.)
+        (Examples written for older hosted clients call it after ``add_data``.) ``fresh`` as in
+        :meth:`create_index`.
         """
         from atlas_assets.reader.run import materialize_map
 
         if not self.maps:
             raise ValueError(f"dataset {self.identifier!r} has no map to rebuild: create_index")
         with locked(self._paths.build_lock):
-            materialize_map(self._paths)
+            materialize_map(self._paths, fresh=fresh)
             return self.maps
 
     def configure_index(

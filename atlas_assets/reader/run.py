@@ -29,9 +29,11 @@ def check_build_settings() -> None:
     check_dagster_pg_url()
 
 
-def materialize_map(paths: DatasetPaths) -> str:
+def materialize_map(paths: DatasetPaths, *, fresh: bool = False) -> str:
     """Build every map resource of ``paths``'s partition and publish the map; returns the
-    Dagster run id. Until the run has succeeded, readers keep the previous map."""
+    Dagster run id. Until the run has succeeded, readers keep the previous map. A rebuild
+    keeps the previous map's layout and topics; ``fresh`` (the run's ``atlas/fresh`` tag)
+    builds from scratch instead."""
     check_tags_setting()  # the tags step and publishing need it: said before building
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     import dagster as dg  # imported here: reading a map never needs Dagster
@@ -44,6 +46,7 @@ def materialize_map(paths: DatasetPaths) -> str:
         publish,
         publish_finished,
     )
+    from atlas_assets.defs.refresh import FRESH_TAG
 
     with dg.DagsterInstance.get() as instance:
         fail_dead_runs(instance)  # killed builds: failed, their builds discarded just below
@@ -56,7 +59,7 @@ def materialize_map(paths: DatasetPaths) -> str:
             instance=instance,
             partition_key=key,
             raise_on_error=False,
-            tags=process_tags(),
+            tags={**process_tags(), **({FRESH_TAG: "true"} if fresh else {})},
             # Step progress at INFO; Dagster's DEBUG events stay in the run's log in the UI.
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )

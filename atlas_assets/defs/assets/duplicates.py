@@ -1,6 +1,7 @@
 import dagster as dg
 import pyarrow as pa
 
+from atlas_assets.defs import refresh
 from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
 from atlas_assets.defs.reporting import png_markdown
 from atlas_assets.defs.resources import AtlasStore
@@ -49,7 +50,10 @@ def duplicates(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Mater
 
     id_field = data.column_names[0]
     ids = data.select([0])
-    table = duplicates_table(ids, result.duplicate_class, result.cluster_id)
+    cluster_id = result.cluster_id
+    if not refresh.fresh_requested(context):  # unchanged clusters keep their ids
+        cluster_id = refresh.carried_clusters(build.paths, ids.column(0).to_pylist(), cluster_id)
+    table = duplicates_table(ids, result.duplicate_class, cluster_id)
     pairs = duplicate_pairs_table(
         ids, result.pairs["i"], result.pairs["j"], result.pairs["distance"]
     )

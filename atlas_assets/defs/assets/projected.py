@@ -1,5 +1,6 @@
 import dagster as dg
 
+from atlas_assets.defs import refresh
 from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
 from atlas_assets.defs.reporting import png_markdown
 from atlas_assets.defs.resources import AtlasStore
@@ -34,10 +35,21 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     # are part of the data version).
     params = {**options.model_dump(), **options.umap_params(), "layout": layout_name(options.model)}
     context.log.info(f"projecting {len(latent)} points with UMAP ({params})")
-    coords = project(latent, knn, model=options.model, **options.umap_params())
+    # A refresh starts from the previous map (see defs/refresh.py), unless asked to start afresh.
+    fresh = refresh.fresh_requested(context) or options.model == "umap"
+    row_ids = ids.column(0).to_pylist()
+    initial, before = (
+        (None, None) if fresh else refresh.previous_coords(build.paths, row_ids, params)
+    )
+    coords = project(latent, knn, model=options.model, initial=initial, **options.umap_params())
+    moved = refresh.map_movement(before, row_ids, coords)
+    ids = refresh.with_refresh(ids, moved)  # kept in the file's schema for `atlas ls`
     table = write_projected(build.output("projected"), ids, coords, **build.lineage(params))
     return build.result(
         table,
         params=params,
-        metadata={"map": png_markdown(map_png(coords, title=build.paths.identifier))},
+        metadata={
+            "map": png_markdown(map_png(coords, title=build.paths.identifier)),
+            "refresh": dg.MetadataValue.json(moved),
+        },
     )

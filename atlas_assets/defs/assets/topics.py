@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from atlas_assets.defs import refresh
 from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
 from atlas_assets.defs.reporting import png_markdown
 from atlas_assets.defs.resources import AtlasStore
@@ -81,6 +82,12 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
         if field
         else [""] * data.num_rows
     )
+    id_field = data.column_names[0]
+    ids = data.column(id_field).to_pylist()
+    params = {**options.model_dump(), "label_field": field}
+    # A refresh keeps the previous topics' ids and labels (see defs/refresh.py).
+    fresh = refresh.fresh_requested(context)
+    prior = None if fresh else refresh.previous_topics(paths, ids, params)
     tree = build_topic_tree(
         latent,
         knn,
@@ -89,13 +96,14 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
         seed=options.seed,
         cluster_method=options.cluster_method,
         encode=_label_encoder(paths, store),
+        previous=prior,
     )
 
-    id_field = data.column_names[0]
     labels = datum_labels(tree)
-    per_datum = pa.table({id_field: data.column(id_field), **labels})
+    changes = tree.changes or {"start": "from scratch"}
+    per_datum = refresh.with_refresh(pa.table({id_field: data.column(id_field), **labels}), changes)
     before = build.previous("topics")
-    params = {**options.model_dump(), "label_field": field, "depth": tree.depth}
+    params = {**params, "depth": tree.depth}
     tables = {
         "topics": per_datum,
         "metadata": topic_metadata(tree),
@@ -121,6 +129,8 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
         "largest_topics": dg.MetadataValue.json(largest),
         # rows the clustering left as noise, then assigned to their nearest topic
         "noise_assigned": tree.noise,
+        # topics kept (same id and label), split, merged, new and gone since the previous build
+        "topic_changes": dg.MetadataValue.json(changes),
         "map": png_markdown(
             map_png(
                 coords,
