@@ -104,3 +104,15 @@ def test_dask_embed_benchmark_runs(capsys):
     assert _last_line(capsys) == line
     assert LAST_LINE.match(line).group(1) == "dask_embed"
     assert "identical=24/24" in line and "(ok)" in line  # the same vectors either way
+
+
+@pytest.mark.slow
+def test_dask_knn_benchmark_runs(capsys):
+    from benchmarks import dask_knn
+
+    line = dask_knn.main(["--quick", "--rounds", "1", "--block-rows", "20000"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "dask_knn"
+    # Blocks of query rows searched on the workers give the single-machine graph, row for row.
+    assert "identical=60000/60000,recall=1.0000," in line and "(ok)" in line
+    assert " model_limit=" in line
