@@ -38,6 +38,7 @@ test: lint browser
 bench: setup
 	$(BIN)/python -m benchmarks.embed
 	$(BIN)/python -m benchmarks.dask_embed
+	$(BIN)/python -m benchmarks.dask_knn
 	$(BIN)/python -m benchmarks.project
 	$(BIN)/python -m benchmarks.topics
 	$(BIN)/python -m benchmarks.duplicates

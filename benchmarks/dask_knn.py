@@ -27,14 +27,19 @@ once; gathering the results is part of the Dask search's time. The two searches 
 rounds, each keeping its best. Starting the cluster is reported, not counted (a cluster is
 already running where this would be used).
 
-On the same cores the Dask search can only add overhead; the scaling model printed last uses the
-measured worker-seconds per block to estimate the graph's time with W workers elsewhere: the
-build here, plus shipping the index file to them (in parallel, at ``--bandwidth`` GB/s each),
-plus the blocks spread over them, plus gathering the results here. The last line reads
-``dask_knn: <Dask total s> vs <single total s> s (...) model_limit=<the model's best ratio,
-unlimited workers> ratio=<single total / Dask total, here> target=>=1 quality=identical=<rows
-equal>/<n>,recall=<of the single-machine neighbours>,exact_recall=<Dask graph vs exact search
-on the sample>(ok|GRAPHS DIFFER)``.
+On the same cores the Dask search can only add overhead; the scaling model printed after the
+table estimates the graph's time with W single-thread workers elsewhere: the build here, plus
+shipping the index file to them (in parallel, at ``--bandwidth`` GB/s each), plus the measured
+Dask search (scheduling and idle workers included) spread over W instead of the measured
+workers, plus gathering the results here. The build stays on one machine, so it bounds the
+gain. A second model prices the alternative with no build: an exact graph, every block of query
+rows searched against all rows as ``knn._exact_search`` does below 50k rows (its products and
+candidate selection timed here on a few blocks at N rows). The last line reads ``dask_knn:
+<Dask total s> vs <single total s> s (...) model_limit=<the model's
+ratio with unlimited workers> exact_here=<the exact graph's modelled seconds here>s
+ratio=<single total / Dask total, here> target=>=1 quality=identical=<rows equal>/<n>,
+recall=<of the single-machine neighbours>,exact_recall=<Dask graph vs exact search on the
+sample>(ok|GRAPHS DIFFER)``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atlas_assets.lib import knn
 from benchmarks.common import RssSampler, machine, print_table, result_line, timed
 
 QUICK_N = 60_000
@@ -72,8 +78,6 @@ def _anon_mb() -> float:
 def warm_worker() -> float:
     """Imports a worker needs, done before anything is timed; returns its anonymous MiB."""
     import faiss
-
-    from atlas_assets.lib import knn  # noqa: F401
 
     faiss.omp_set_num_threads(1)  # one thread per worker process, as Dask starts them
     return _anon_mb()
@@ -99,8 +103,6 @@ def drop_index(path: str) -> None:
 def search_block(path: str, start: int, stop: int, k: int):
     """One task: the ``k`` nearest indexed rows of index positions ``start:stop`` (as
     ``knn._search_in_order`` searches them), and the seconds it took on the worker."""
-    from atlas_assets.lib import knn
-
     began = time.perf_counter()
     if path not in _INDEXES:  # a worker that joined or restarted after the load
         load_index(path)
@@ -150,6 +152,37 @@ def exact_recall(vectors: np.ndarray, found: np.ndarray, rows: np.ndarray, k: in
     return neighbour_recall(found[rows], truth)
 
 
+def exact_block_seconds(vectors: np.ndarray, k: int, blocks: int = 3) -> float:
+    """Seconds, on all cores here, of the candidate step of ``knn._exact_search`` for one block
+    of ``knn._PRODUCT_ROWS`` query rows against every row (the products, in bfloat16 where the
+    CPU has it, and ``knn._select``); the best of ``blocks`` after a first that loads numba's
+    cache. Its float32 re-rank of 2k + 16 candidates a row is left out (0.1 of 0.85 s at 20k
+    rows, and it does not grow with the rows searched)."""
+    n, rows = len(vectors), knn._PRODUCT_ROWS
+    m = min(knn._candidates(k), n)
+    bf16 = knn.native_bf16()
+    if bf16:
+        import torch
+
+        half = torch.from_numpy(vectors).to(torch.bfloat16)
+        right = half.T.contiguous()
+    candidates = np.empty((rows, m), np.int64)
+    tops = np.empty((rows, -(-n // knn._CHUNK)), np.int32)
+    keys = np.empty((rows, m), np.int32)
+    times = []
+    for b in range(blocks + 1):
+        lo = b * rows % max(n - rows, 1)
+        began = time.perf_counter()
+        if bf16:
+            bits = (half[lo : lo + rows] @ right).view(torch.int16).numpy()
+        else:
+            bits = ((vectors[lo : lo + rows] @ vectors.T).view(np.int32) >> 16).astype(np.int16)
+        knn._select(bits, 0, k, candidates, tops, keys)
+        times.append(time.perf_counter() - began)
+        del bits
+    return min(times[1:])
+
+
 def scaling(
     n: int,
     k: int,
@@ -188,6 +221,31 @@ def scaling(
     return limit
 
 
+def exact_scaling(n: int, dim: int, k: int, single: float, block: float, bandwidth: float) -> float:
+    """Print the model of an exact graph searched in blocks of query rows on W workers (no
+    build; each worker holds every vector); return its seconds on this machine's cores."""
+    cores = os.cpu_count() or 1
+    blocks = -(-n // knn._PRODUCT_ROWS)
+    here = blocks * block
+    ship = n * dim * 4 / (bandwidth * 1e9)
+    gather = n * k * 12 / (bandwidth * 1e9)
+    rows = []
+    for w in MODEL_WORKERS:
+        spread = here * cores / w  # a single-thread worker: this machine's speed over its cores
+        total = ship + spread + gather
+        rows.append(
+            [w, f"{ship:.1f}", f"{spread:.1f}", f"{gather:.1f}", total, f"{single / total:.2f}"]
+        )
+    print(
+        f"alternative, exact graph in blocks ({n:,} rows; a model from {block:.2f} s per "
+        f"{knn._PRODUCT_ROWS} query rows measured here on {cores} cores, the candidate step "
+        f"of knn._exact_search, re-rank left out): {here:.0f} s here, no build; every worker "
+        f"gets the {n * dim * 4 / 1e9:.2f} GB of vectors"
+    )
+    print_table(["workers", "ship s", "search s", "gather s", "total s", "x single"], rows)
+    return here
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dask_knn", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_N:,} rows")
@@ -205,7 +263,6 @@ def main(argv: Sequence[str] | None = None) -> str:
     from distributed import Client, LocalCluster
 
     from atlas_assets.defs.assets.knn_graph import MIN_NEIGHBORS
-    from atlas_assets.lib import knn
     from atlas_assets.options import NomicProjectOptions
     from benchmarks.scale import clustered_vectors
 
@@ -270,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     exact = {name: exact_recall(vectors, out[name][0], sample, k) for name in out}
     _, peak_anon = memory.peak_mb()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    exact_block = exact_block_seconds(vectors, k)
 
     single = build + best["single"]
     dask = build + ship + best["dask"]
@@ -318,13 +376,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         block_seconds,
         args.bandwidth,
     )
+    exact_here = exact_scaling(n, vectors.shape[1], k, single, exact_block, args.bandwidth)
     ok = "ok" if identical == n else "GRAPHS DIFFER"
     return result_line(
         "dask_knn",
         f"{dask:.1f} vs {single:.1f} s ({n} rows, {args.workers} workers x 1 thread vs all "
         f"cores; search {best['dask']:.1f} vs {best['single']:.1f} s, "
         f"search_ratio={search_ratio:.2f}, ship {ship:.1f} s) "
-        f"model_limit={limit:.2f}",
+        f"model_limit={limit:.2f} exact_here={exact_here:.0f}s",
         ratio,
         ">=1",
         f"identical={identical}/{n},recall={recall:.4f},exact_recall={exact['dask']:.4f}({ok})",
