@@ -183,6 +183,23 @@ def exact_block_seconds(vectors: np.ndarray, k: int, blocks: int = 3) -> float:
     return min(times[1:])
 
 
+def _model_table(single: float, fixed: float, ship_bytes: float, spread, bandwidth: float) -> None:
+    """Per W workers: the search spread over them (``spread(W)`` seconds), then the total and
+    the single machine's seconds over it, twice: with the shipped data read by every worker in
+    parallel (a shared store) and sent from the run's process to one worker after another."""
+    rate = bandwidth * 1e9
+    rows = []
+    for w in MODEL_WORKERS:
+        parallel = fixed + ship_bytes / rate + spread(w)
+        serial = fixed + w * ship_bytes / rate + spread(w)
+        rows.append(
+            [w, f"{spread(w):.1f}", f"{parallel:.1f}", f"{single / parallel:.2f}"]
+            + [f"{serial:.1f}", f"{single / serial:.2f}"]
+        )
+    headers = ["workers", "search s", "total s, shared store", "x single", "total s, sent"]
+    print_table([*headers, "x single"], rows)
+
+
 def scaling(
     n: int,
     k: int,
@@ -192,32 +209,23 @@ def scaling(
     index_bytes: int,
     search: float,
     workers: int,
-    block_seconds: Sequence[float],
     bandwidth: float,
 ) -> float:
     """Print the model of the graph's seconds with W remote single-thread workers; return the
-    ratio (single machine / Dask) with unlimited workers."""
-    ship = write + index_bytes / (bandwidth * 1e9)
+    ratio (single machine / Dask) with unlimited workers and a shared store."""
     gather = n * k * 12 / (bandwidth * 1e9)  # int64 ids and float32 distances, to this process
-    rows = []
-    for w in MODEL_WORKERS:
-        # The measured Dask search (scheduling, idle workers and loopback gathering included)
-        # spread over w workers, blocks cut small enough to keep them all busy.
-        spread = search * workers / w
-        total = build + ship + spread + gather
-        ratio = f"{single / total:.2f}"
-        rows.append([w, f"{ship:.1f}", f"{spread:.1f}", f"{gather:.1f}", total, ratio])
-    limit = single / (build + ship + gather)
+    limit = single / (build + write + index_bytes / (bandwidth * 1e9) + gather)
     print(
         f"scaling model ({n:,} rows; a model, not measured): the build stays here "
-        f"({build:.1f} s); the {index_bytes / 1e9:.2f} GB index is written ({write:.1f} s) and "
-        f"read by every worker at {bandwidth:g} GB/s in parallel; the Dask search measured above "
-        f"({search:.1f} s on {workers} workers, {sum(block_seconds):.1f} worker-seconds in "
-        f"{len(block_seconds)} blocks) spreads over W workers; results come back at "
-        f"{bandwidth:g} GB/s. Single machine: {single:.1f} s; unlimited workers: at most "
-        f"{limit:.2f}x."
+        f"({build:.1f} s), the {index_bytes / 1e9:.2f} GB index is written ({write:.1f} s) and "
+        f"shipped at {bandwidth:g} GB/s a worker; the Dask search measured above ({search:.1f} s "
+        f"on {workers} workers; scheduling, idle workers and loopback results included) spreads "
+        f"over W; results come back at {bandwidth:g} GB/s ({gather:.1f} s). Single machine: "
+        f"{single:.1f} s; unlimited workers: at most {limit:.2f}x."
     )
-    print_table(["workers", "ship s", "search s", "gather s", "total s", "x single"], rows)
+    _model_table(
+        single, build + write + gather, index_bytes, lambda w: search * workers / w, bandwidth
+    )
     return limit
 
 
@@ -225,24 +233,16 @@ def exact_scaling(n: int, dim: int, k: int, single: float, block: float, bandwid
     """Print the model of an exact graph searched in blocks of query rows on W workers (no
     build; each worker holds every vector); return its seconds on this machine's cores."""
     cores = os.cpu_count() or 1
-    blocks = -(-n // knn._PRODUCT_ROWS)
-    here = blocks * block
-    ship = n * dim * 4 / (bandwidth * 1e9)
+    here = -(-n // knn._PRODUCT_ROWS) * block
     gather = n * k * 12 / (bandwidth * 1e9)
-    rows = []
-    for w in MODEL_WORKERS:
-        spread = here * cores / w  # a single-thread worker: this machine's speed over its cores
-        total = ship + spread + gather
-        rows.append(
-            [w, f"{ship:.1f}", f"{spread:.1f}", f"{gather:.1f}", total, f"{single / total:.2f}"]
-        )
     print(
         f"alternative, exact graph in blocks ({n:,} rows; a model from {block:.2f} s per "
-        f"{knn._PRODUCT_ROWS} query rows measured here on {cores} cores, the candidate step "
-        f"of knn._exact_search, re-rank left out): {here:.0f} s here, no build; every worker "
-        f"gets the {n * dim * 4 / 1e9:.2f} GB of vectors"
+        f"{knn._PRODUCT_ROWS} query rows against all, measured here on {cores} cores: the "
+        f"candidate step of knn._exact_search, its re-rank left out): {here:.0f} s here, no "
+        f"build; every worker gets the {n * dim * 4 / 1e9:.2f} GB of vectors; a single-thread "
+        f"worker searches at this machine's speed over its cores"
     )
-    print_table(["workers", "ship s", "search s", "gather s", "total s", "x single"], rows)
+    _model_table(single, gather, n * dim * 4, lambda w: here * cores / w, bandwidth)
     return here
 
 
@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                 best["dask"],
                 dask,
                 f"{ratio:.2f}",
-                len(block_seconds),
+                f"{len(block_seconds)} ({sum(block_seconds):.1f} worker-s)",
             ],
         ],
     )
@@ -373,7 +373,6 @@ def main(argv: Sequence[str] | None = None) -> str:
         index_bytes,
         best["dask"],
         args.workers,
-        block_seconds,
         args.bandwidth,
     )
     exact_here = exact_scaling(n, vectors.shape[1], k, single, exact_block, args.bandwidth)
