@@ -34,12 +34,12 @@ Dask search (scheduling and idle workers included) spread over W instead of the 
 workers, plus gathering the results here. The build stays on one machine, so it bounds the
 gain. A second model prices the alternative with no build: an exact graph, every block of query
 rows searched against all rows as ``knn._exact_search`` does below 50k rows (its products and
-candidate selection timed here on a few blocks at N rows). The last line reads ``dask_knn:
-<Dask total s> vs <single total s> s (...) model_limit=<the model's
-ratio with unlimited workers> exact_here=<the exact graph's modelled seconds here>s
-ratio=<single total / Dask total, here> target=>=1 quality=identical=<rows equal>/<n>,
-recall=<of the single-machine neighbours>,exact_recall=<Dask graph vs exact search on the
-sample>(ok|GRAPHS DIFFER)``.
+candidate selection timed here on a few blocks at N rows). The last line reads
+
+``dask_knn: <Dask total s> vs <single total s> s (...) model_limit=<the model's ratio with
+unlimited workers> exact_here=<the exact graph's modelled seconds here>s ratio=<single total /
+Dask total, here> target=>=1 quality=identical=<rows equal>/<n>,recall=<of the single-machine
+neighbours>,exact_recall=<Dask graph vs exact search on the sample>(ok|GRAPHS DIFFER)``.
 """
 
 from __future__ import annotations
