@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 export ATLAS_HOME ?= $(CURDIR)/data/store
 export DAGSTER_HOME ?= $(ATLAS_HOME)/.dagster
 
-.PHONY: setup browser demo test lint dev bench
+.PHONY: setup browser postgres demo test lint dev bench
 
 # torch first, pinned to the CPU build on this machine's disk: a bare requirement pulls CUDA.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,dask]'
+	$(BIN)/python -m pip install -q -e '.[test,dask,postgres,s3]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -24,6 +24,14 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
 		|| echo "warning: chromium not installed; the explorer's browser tests will be skipped"
 
+# Debian's PostgreSQL server for the tests of the PostgreSQL instance and tag store (each test
+# starts its own server with initdb/pg_ctl on a free loopback port). Needs root, as CI has;
+# elsewhere those tests skip, saying why. Debian keeps initdb off PATH, in its versioned folder.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| (apt-get update -q && apt-get install -y -q postgresql) \
+		|| echo "warning: postgresql not installed; the PostgreSQL tests will be skipped"
+
 demo: setup
 	$(BIN)/atlas demo
 
@@ -31,7 +39,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint browser
+test: lint browser postgres
 	$(BIN)/pytest
 
 # Every stage against its baseline, side by side (minutes to an hour; not part of `make test`).
@@ -46,6 +54,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.refresh
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.reader
+	$(BIN)/python -m benchmarks.shared_store
 
 dev: setup
 	$(BIN)/python -c "from atlas_assets.store.layout import ensure_dagster_home as e; e()"

@@ -96,6 +96,9 @@ def map_data(
         )
     if isinstance(data, pd.DataFrame):
         data = data.reset_index(drop=True)
+    from atlas_assets.reader.run import check_build_settings
+
+    check_build_settings()  # before the upload: a wrong database setting leaves nothing behind
     try:
         dataset.add_data(data=data, embeddings=embeddings)
     except BaseException:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from atlas_assets.store import RESOURCES, atlas_home, dagster_home, list_datasets, resource_info
 from atlas_assets.store.layout import EXPLORER_PORT
+from atlas_assets.store.remote import is_url
 
 DEMO_DATASET = "arxiv-demo"
 
@@ -180,7 +181,8 @@ def cmd_tags(args: argparse.Namespace) -> int:
     from atlas_assets.store import dataset_paths
 
     paths = dataset_paths(args.dataset)
-    counts = open_tag_store(paths).counts() if paths.tag_db.exists() else {}
+    tags = open_tag_store(paths)
+    counts = tags.counts() if tags.exists() else {}
     if not counts:
         print(f"{paths.identifier} has no tags")
     for name, count in counts.items():
@@ -241,11 +243,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _store_location() -> str:
+    """The store as the user named it (a URL is not contacted just to print help)."""
+    home = os.environ.get("ATLAS_HOME", "")
+    return home if is_url(home) else str(atlas_home())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atlas",
         description="Local data maps of text collections, built as Dagster assets. "
-        f"Store: $ATLAS_HOME (now {atlas_home()}).",
+        f"Store: $ATLAS_HOME (now {_store_location()}).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

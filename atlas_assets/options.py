@@ -10,6 +10,9 @@ an assignment is validated like the constructor.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -168,8 +171,6 @@ class NomicTopicOptions(_Options):
     cluster_method: Literal["fast", "hdbscan"] = "fast"
     enforce_topic_hierarchy: bool = False
     seed: int = 0
-    cluster_method: Literal["fast", "hdbscan"] = "fast"
-    enforce_topic_hierarchy: bool = False
 
 
 class NomicDuplicatesOptions(_Options):
@@ -208,6 +209,49 @@ class NomicDuplicatesOptions(_Options):
         raise ValueError(
             f"keep must be 'first', 'longest', 'max:<field>' or 'min:<field>', got {value!r}"
         )
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """A map's index configuration as ``create_index`` recorded it, each stage's options parsed
+    once (on first use). The one place that decides whether an optional stage is on: topics
+    when ``topic_model`` is recorded with ``build_topic_model``, duplicates when
+    ``duplicate_detection`` is recorded (``create_index`` records ``None`` for a stage it turns
+    off; a configuration without the key has the stage off too).
+    """
+
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def indexed_field(self) -> str | None:
+        return self.raw.get("indexed_field")
+
+    @cached_property
+    def embedding(self) -> NomicEmbedOptions:
+        return NomicEmbedOptions(**(self.raw.get("embedding") or {}))
+
+    @cached_property
+    def projection(self) -> NomicProjectOptions:
+        return NomicProjectOptions(**(self.raw.get("projection") or {}))
+
+    @cached_property
+    def topic_model(self) -> NomicTopicOptions:
+        """The topic options (``build_topic_model=False`` when the stage is off)."""
+        return NomicTopicOptions(**(self.raw.get("topic_model") or {"build_topic_model": False}))
+
+    @cached_property
+    def duplicate_detection(self) -> NomicDuplicatesOptions | None:
+        """The duplicate-detection options, None when the stage is off."""
+        options = self.raw.get("duplicate_detection")
+        return None if options is None else NomicDuplicatesOptions(**options)
+
+    @property
+    def topics_enabled(self) -> bool:
+        return self.topic_model.build_topic_model
+
+    @property
+    def duplicates_enabled(self) -> bool:
+        return self.duplicate_detection is not None
 
 
 _O = TypeVar("_O", bound=_Options)

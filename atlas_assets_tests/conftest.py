@@ -88,3 +88,27 @@ def dask_cluster():
         dashboard_address="127.0.0.1:0",
     ) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on a free 127.0.0.1 port for the session (Debian's postgresql,
+    started with initdb and pg_ctl in a temporary folder, stopped after); tests skip, saying
+    why, where it is not installed."""
+    from atlas_assets_tests import pg
+
+    try:
+        server = pg.start()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tags_db(postgres) -> str:
+    """The URL of a database on the session's server for tag stores (datasets share it, each
+    under its own key, as a team's datasets do)."""
+    return postgres.create_database("atlas_tags")

@@ -106,6 +106,41 @@ def test_dask_embed_benchmark_runs(capsys):
     assert "identical=24/24" in line and "(ok)" in line  # the same vectors either way
 
 
+def test_benchmark_embeddings_go_through_the_products_cache(monkeypatch):
+    """``common.embeddings`` fills the store's EmbeddingCache (per text), so a second corpus
+    sharing texts embeds only the new ones, and ``cached_vectors`` reads the same cache."""
+    import numpy as np
+
+    from atlas_assets.lib import embed
+    from benchmarks import common
+
+    calls: list[list[str]] = []
+
+    def fake_embed(texts, model=None):  # recorded, and deterministic per text
+        calls.append(list(texts))
+        return embed.normalize(np.array([[len(t), 1.0, 0.0] for t in texts], np.float32))
+
+    monkeypatch.setattr(embed, "embed_texts", fake_embed)
+    first = common.embeddings(common.Corpus("a", ["one", "three", "one"]))
+    second = common.embeddings(common.Corpus("b", ["three", "sixteen"]))
+    assert calls == [["one", "three"], ["sixteen"]]
+    np.testing.assert_array_equal(first[1], second[0])
+    assert common.cached_vectors("all-MiniLM-L6-v2", ["one", "sixteen"]) is not None
+    assert common.cached_vectors("all-MiniLM-L6-v2", ["never seen"]) is None
+    assert list(common.vector_cache().directory.glob("*.arrow"))  # the product's shard files
+
+
+@pytest.mark.slow
+def test_shared_store_benchmark_runs(capsys, monkeypatch, tmp_path):
+    from benchmarks import shared_store
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # the benchmark points every setting elsewhere
+    line = shared_store.main(["--quick", "--n", "300", "--reader-n", "2000"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "shared_store"
+    assert "open_ratio=" in line and "reader_rss=2000rows:" in line
+
+
 @pytest.mark.slow
 def test_dask_knn_benchmark_runs(capsys):
     from benchmarks import dask_knn

@@ -2,14 +2,15 @@
 
 Corpora other than the bundled arXiv sample live in ``../shared/datasets`` beside the checkout
 (override with ``ATLAS_BENCH_DATASETS``); a benchmark that needs one that is absent prints a
-``skipped:`` line and goes on without it. Embeddings computed for a benchmark are cached under
-``data/bench-cache/`` (git-ignored by its own ``.gitignore``; override with ``ATLAS_BENCH_CACHE``),
-keyed by model and a hash of the texts, so later runs and other stages reuse them.
+``skipped:`` line and goes on without it. Embeddings computed for a benchmark are kept in the
+product's own embedding cache (``store.cache.EmbeddingCache``, one vector per model and text
+hash, filled through ``lib.embed.embed_missing``) laid out as in a store whose home is
+``data/bench-cache/`` (git-ignored by its own ``.gitignore``; override with
+``ATLAS_BENCH_CACHE``), so later runs and other stages embed only texts not seen before.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import threading
@@ -91,43 +92,57 @@ def cache_dir() -> Path:
     return cache
 
 
-def cache_path(model: str, texts: Sequence[str]) -> Path:
-    """Where the embeddings of ``texts`` by ``model`` are cached."""
+def vector_cache(model: str | None = None):
+    """The product's embedding cache of ``model``'s transformer vectors (default: the bundled
+    MiniLM), in the benchmarks' cache folder laid out as a store."""
     from atlas_assets.lib.embed import model_key
+    from atlas_assets.options import DEFAULT_MODEL
+    from atlas_assets.store.cache import EmbeddingCache
+    from atlas_assets.store.layout import embedding_cache_dir
 
-    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
-    return cache_dir() / f"{model_key(model)}-{len(texts)}-{digest}.npy"
+    return EmbeddingCache(embedding_cache_dir(model_key(model or DEFAULT_MODEL), cache_dir()))
 
 
 def cached_vectors(model: str, texts: Sequence[str]) -> np.ndarray | None:
-    """Cached embeddings of exactly ``texts`` by ``model``, or None."""
-    path = cache_path(model, texts)
-    return np.load(path) if path.exists() else None
+    """Cached embeddings of every text of ``texts`` by ``model``, or None if one is missing."""
+    from atlas_assets.lib.embed import text_hashes
+
+    found, vectors = vector_cache(model).lookup(text_hashes(texts))
+    return vectors if found.all() else None
 
 
 def store_vectors(model: str, texts: Sequence[str], vectors: np.ndarray) -> None:
-    """Cache ``vectors`` as the embeddings of ``texts`` by ``model`` (atomically)."""
-    path = cache_path(model, texts)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, np.asarray(vectors, np.float32))
-    tmp.replace(path)
+    """Add ``vectors``, the embeddings of ``texts`` by ``model``, to the cache (texts it does
+    not hold yet)."""
+    from atlas_assets.lib.embed import embed_missing
+
+    def given(missing: list[str]) -> np.ndarray:
+        row = {t: i for i, t in enumerate(texts)}
+        return np.asarray(vectors, np.float32)[[row[t] for t in missing]]
+
+    embed_missing(texts, vector_cache(model), given)
+
+
+def embed_cached(texts: Sequence[str], name: str, model: str | None = None) -> np.ndarray:
+    """Embeddings of ``texts`` by ``model`` (default: the bundled MiniLM): texts the cache
+    holds are read from it, the others embedded (``embed_texts``) and added to it."""
+    from atlas_assets.lib.embed import embed_missing, embed_texts
+    from atlas_assets.options import DEFAULT_MODEL
+
+    def encode(missing: list[str]) -> np.ndarray:
+        print(f"  embedding {len(missing)} {name} texts (cached afterwards) ...", flush=True)
+        start = time.perf_counter()
+        vectors = embed_texts(missing, model or DEFAULT_MODEL)
+        print(f"  embedded {len(missing)} {name} texts in {time.perf_counter() - start:.0f}s")
+        return vectors
+
+    vectors, _, _ = embed_missing(list(texts), vector_cache(model), encode)
+    return vectors
 
 
 def embeddings(corpus: Corpus, model: str | None = None) -> np.ndarray:
     """Embeddings of the corpus by ``model`` (default: the bundled MiniLM), cached on disk."""
-    from atlas_assets.lib.embed import embed_texts
-    from atlas_assets.options import DEFAULT_MODEL
-
-    model = model or DEFAULT_MODEL
-    found = cached_vectors(model, corpus.texts)
-    if found is not None:
-        return found
-    print(
-        f"  embedding {len(corpus.texts)} {corpus.name} texts (cached afterwards) ...", flush=True
-    )
-    vectors = embed_texts(corpus.texts, model)
-    store_vectors(model, corpus.texts, vectors)
-    return vectors
+    return embed_cached(corpus.texts, corpus.name, model)
 
 
 class Timer:

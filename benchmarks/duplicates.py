@@ -20,7 +20,6 @@ clustered vectors with planted near-duplicates. The last line is the summary fig
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -46,33 +45,9 @@ EDITS = ("case", "punct", "dropword")
 
 
 def cached_embed(texts: Sequence[str], name: str) -> np.ndarray:
-    """Embed ``texts`` with the bundled MiniLM, caching each text's vector by content hash.
-
-    A per-text cache (not per list) means changing the injected copies re-embeds only new texts.
-    It lives in ``duplicates/`` of the benchmarks' cache (``ATLAS_BENCH_CACHE`` moves it).
-    """
-    cache = common.cache_dir() / "duplicates"
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{name}.npz"
-    keys = np.array([hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts])
-    known: dict[str, np.ndarray] = {}
-    if path.exists():
-        with np.load(path) as z:
-            known = dict(zip(z["keys"].tolist(), z["vectors"], strict=True))
-    missing = sorted({k for k in keys.tolist() if k not in known})
-    if missing:
-        from atlas_assets.lib.embed import embed_texts
-
-        by_key = dict(zip(keys.tolist(), texts, strict=True))
-        t0 = time.perf_counter()
-        vecs = embed_texts([by_key[k] for k in missing])
-        print(f"  embedded {len(missing)} {name} texts in {time.perf_counter() - t0:.0f}s")
-        known.update(zip(missing, vecs, strict=True))
-        # Atomically: other benchmarks may read this cache meanwhile.
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
-        tmp.replace(path)
-    return np.stack([known[k] for k in keys.tolist()]).astype(np.float32)
+    """Embed ``texts`` with the bundled MiniLM through the product's embedding cache (per text,
+    so changing the injected copies re-embeds only new texts; see ``common.embed_cached``)."""
+    return common.embed_cached(texts, name)
 
 
 def load_bbc() -> tuple[list[str], np.ndarray] | None:

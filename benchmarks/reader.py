@@ -33,7 +33,7 @@ def write_map(n: int, dim: int = 384) -> None:
     from atlas_assets import AtlasDataset
     from atlas_assets.store import bind_run, commit, write_resource
     from atlas_assets.store.datasets import update_meta
-    from atlas_assets.store.files import fixed_list
+    from atlas_assets.store.resources import write_latent
 
     ds = AtlasDataset("reader-bench", unique_id_field="id")
     update_meta(
@@ -62,12 +62,7 @@ def write_map(n: int, dim: int = 384) -> None:
     for start in range(0, n, 100_000):
         block = rng.normal(size=(min(100_000, n - start), dim)).astype(np.float32)
         vectors[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    write_resource(
-        paths.output("latent"),
-        pa.table({"id": ids, "embedding": fixed_list(vectors)}),
-        resource="latent",
-        dataset_version=version,
-    )
+    write_latent(paths.output("latent"), pa.table({"id": ids}), vectors, dataset_version=version)
     del vectors
     topics = pa.table(
         {

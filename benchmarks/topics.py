@@ -11,8 +11,9 @@ Run ``python -m benchmarks.topics [--quick]``. For each corpus found under
 
 Every depth is complete (a topic that does not split carries on), so each is compared as is.
 
-Embeddings and UMAP coordinates are cached under ``data/bench-cache/topics``. ``--quick``
-skips AG News and uses PCA instead of UMAP for the 2-D coordinates.
+Embeddings go through the benchmarks' embedding cache; UMAP coordinates are cached under
+``data/bench-cache/topics``. ``--quick`` skips AG News and uses PCA instead of UMAP for the 2-D
+coordinates.
 
 It compares the clustering routes (``"fast"`` with Leiden, the default; ``"fast"`` with
 Louvain, its predecessor; ``"hdbscan"``: NMI, noise share, seconds) and the labels: **label
@@ -83,17 +84,9 @@ def _key(name: str, texts: list[str]) -> str:
 
 
 def embeddings(corpus: Corpus) -> np.ndarray:
-    """MiniLM embeddings of the corpus, cached on disk (embedding runs at ~20-90 texts/s)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"{_key(corpus.name, corpus.texts)}.npy"
-    if path.exists():
-        return np.load(path)
-    from atlas_assets.lib.embed import embed_texts
-
-    print(f"  embedding {len(corpus.texts)} texts (cached afterwards) ...", flush=True)
-    vecs = embed_texts(corpus.texts)
-    np.save(path, vecs)
-    return vecs
+    """MiniLM embeddings of the corpus, through the benchmarks' embedding cache (embedding
+    runs at ~20-90 texts/s)."""
+    return common.embeddings(corpus)
 
 
 def map_coords(corpus: Corpus, latent: np.ndarray, knn: KnnGraph, quick: bool) -> np.ndarray:

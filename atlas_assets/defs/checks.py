@@ -8,8 +8,15 @@ from atlas_assets.defs.assets.common import dataset_version
 from atlas_assets.defs.partitions import atlas_datasets
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.store import read_resource
-from atlas_assets.store.datasets import map_config
-from atlas_assets.store.files import matrix
+from atlas_assets.store.datasets import index_config
+from atlas_assets.store.resources import (
+    CLUSTER_ID,
+    DUPLICATE_CLASS,
+    RETENTION,
+    SINGLETON,
+    read_latent,
+    topic_column,
+)
 
 # Per-datum resources that must list exactly the dataset's ids, in its order.
 ALIGNED = ("latent", "knn_graph", "projected", "topics", "duplicates", "tags")
@@ -30,12 +37,9 @@ def _skipped(paths, name: str) -> dg.AssetCheckResult | None:
     """A passing result when the map's configuration turned this optional resource off."""
     if name not in ("duplicates", "topics") or paths.resource(name).is_file():
         return None  # only these two can be turned off; the rest need no index configuration
-    config = map_config(paths)
-    off = {
-        "duplicates": config.get("duplicate_detection") is None,
-        "topics": not (config.get("topic_model") or {}).get("build_topic_model", False),
-    }[name]
-    if off:
+    config = index_config(paths)
+    enabled = {"duplicates": config.duplicates_enabled, "topics": config.topics_enabled}[name]
+    if not enabled:
         return dg.AssetCheckResult(passed=True, metadata={"problem": "disabled for this map"})
     return None
 
@@ -71,7 +75,7 @@ def latent_vectors_finite(
 ) -> dg.AssetCheckResult:
     """Every latent vector is finite and of unit length (one dimension for all)."""
     paths = store.paths(context.partition_key)
-    vectors = matrix(read_resource(paths.resource("latent")).column("embedding"))
+    vectors = read_latent(paths.resource("latent"))
     # A NaN or infinite entry makes its row's norm NaN or infinite; einsum needs no (N, d) copy.
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
     bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3))
@@ -85,12 +89,12 @@ def duplicate_class_problem(classes: np.ndarray, clusters: np.ndarray) -> str | 
     """Why duplicate classes break their invariants (None if they hold): exactly one retention
     candidate per cluster of two or more, singletons alone in their cluster."""
     sizes = np.bincount(clusters)
-    if (classes == "singleton").any() and (sizes[clusters[classes == "singleton"]] != 1).any():
+    if (classes == SINGLETON).any() and (sizes[clusters[classes == SINGLETON]] != 1).any():
         return "a singleton shares its cluster"
     multi = sizes[clusters] > 1
-    if (classes[~multi] != "singleton").any():
+    if (classes[~multi] != SINGLETON).any():
         return "a datum alone in its cluster is not a singleton"
-    keepers = np.bincount(clusters[classes == "retention candidate"], minlength=len(sizes))
+    keepers = np.bincount(clusters[classes == RETENTION], minlength=len(sizes))
     if (keepers[np.unique(clusters[multi])] != 1).any():
         return "a cluster has no retention candidate or more than one"
     return None
@@ -106,8 +110,8 @@ def duplicate_classes_consistent(
         return skipped
     table = read_resource(paths.resource("duplicates"))
     problem = duplicate_class_problem(
-        table.column("duplicate_class").to_numpy(zero_copy_only=False).astype(str),
-        table.column("cluster_id").to_numpy(),
+        table.column(DUPLICATE_CLASS).to_numpy(zero_copy_only=False).astype(str),
+        table.column(CLUSTER_ID).to_numpy(),
     )
     return dg.AssetCheckResult(passed=problem is None, metadata={"problem": problem or "none"})
 
@@ -120,7 +124,7 @@ def every_datum_has_a_topic(
     paths = store.paths(context.partition_key)
     if skipped := _skipped(paths, "topics"):
         return skipped
-    missing = read_resource(paths.resource("topics")).column("topic_depth_1").null_count
+    missing = read_resource(paths.resource("topics")).column(topic_column(1)).null_count
     return dg.AssetCheckResult(passed=missing == 0, metadata={"missing": int(missing)})
 
 
@@ -130,13 +134,13 @@ def tags_refer_to_existing_ids(
 ) -> dg.AssetCheckResult:
     """Warns when the tag store holds ids that are not in the dataset (e.g. after a rebuild
     from a smaller source); the map shows only tags of its own datums."""
-    from atlas_assets.lib.tagstore import TagStore
+    from atlas_assets.store.tags import tag_store as open_tags
 
     paths = store.paths(context.partition_key)
-    if not paths.tag_db.exists():
+    tag_store = open_tags(paths)
+    if not tag_store.exists():
         return dg.AssetCheckResult(passed=True, metadata={"unknown_ids": 0})
     known = set(read_resource(paths.resource("dataset")).column(0).to_pylist())
-    tag_store = TagStore(paths.tag_db)
     unknown = {
         name: sorted(set(tag_store.get_datums_in_tag(name)) - known) for name in tag_store.counts()
     }

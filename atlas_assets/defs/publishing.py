@@ -18,11 +18,10 @@ import socket
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.compute as pc
 
 from atlas_assets.defs.resources import HOST_TAG, PID_TAG, AtlasStore
-from atlas_assets.lib.duplicates import DELETION, tag_deletion_candidates
-from atlas_assets.options import NomicDuplicatesOptions
+from atlas_assets.lib.duplicates import tag_deletion_candidates
+from atlas_assets.options import IndexConfig
 from atlas_assets.store import (
     DatasetPaths,
     PublishedMap,
@@ -32,6 +31,8 @@ from atlas_assets.store import (
     read_resource,
 )
 from atlas_assets.store.publish import discard, pending_builds, process_alive
+from atlas_assets.store.resources import deletion_candidates
+from atlas_assets.store.tags import tag_store
 
 _LIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
@@ -81,14 +82,11 @@ def publish(paths: DatasetPaths, build: str) -> PublishedMap:
 
 def tag_published_duplicates(paths: DatasetPaths, current: PublishedMap) -> None:
     """Make the derived tag hold the published map's deletion candidates (``tag_duplicates``)."""
-    options = (current.config or {}).get("duplicate_detection")
-    if not options or "duplicates" not in current.resources:
-        return
-    if not NomicDuplicatesOptions(**options).tag_duplicates:
+    options = IndexConfig(current.config or {}).duplicate_detection
+    if options is None or "duplicates" not in current.resources or not options.tag_duplicates:
         return
     table = read_resource(current.path("duplicates"))
-    deletion = pc.equal(table.column("duplicate_class"), DELETION)
-    tag_deletion_candidates(paths.tag_db, table.column(0).filter(deletion).to_pylist())
+    tag_deletion_candidates(tag_store(paths), deletion_candidates(table))
 
 
 def publish_finished(instance: dg.DagsterInstance, datasets: list[DatasetPaths]) -> dict:

@@ -5,12 +5,13 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 
 from atlas_assets.store import DatasetPaths, atlas_home, bind_run, partition_paths
+from atlas_assets.store.remote import StoreConfigError, is_url, resolve_root, storage_options
 
 # Where a run's process lives (see defs/publishing.py): create_index sets both tags as it creates
 # the run; for other runs the store resource sets the host, and Dagster's log has the pid.
@@ -31,6 +32,9 @@ class AtlasStore(dg.ConfigurableResource):
     """
 
     root: str = ""
+    # For a URL root (s3://bucket/prefix, ...): fsspec storage options (endpoint_url, profile,
+    # anon, ...); empty means $ATLAS_STORAGE_OPTIONS.
+    storage_options: dict[str, Any] = {}
     _run: tuple[str, ...] = PrivateAttr(default=())  # this run's id, then the runs it re-executes
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -48,7 +52,14 @@ class AtlasStore(dg.ConfigurableResource):
         self._run = tuple(chain)
 
     def home(self) -> Path:
-        return Path(self.root).resolve() if self.root else atlas_home()
+        """The store root as a local path (a remote root's local mirror, see store/remote.py)."""
+        if not self.root:
+            return atlas_home()
+        options = self.storage_options or (storage_options() if is_url(self.root) else None)
+        try:
+            return resolve_root(self.root, options, setting="the store resource's root")
+        except StoreConfigError as err:
+            raise dg.Failure(str(err)) from None
 
     def paths(self, partition_key: str) -> DatasetPaths:
         """The dataset paths of a partition (the run's view inside a run); an invalid key is

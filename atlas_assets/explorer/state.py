@@ -33,6 +33,7 @@ from atlas_assets.store import (
     dataset_paths,
 )
 from atlas_assets.store.datasets import load_meta, stored_embedding_dim
+from atlas_assets.store.resources import DUPLICATE_CLASS, TOPIC_COLUMN_PREFIX, projected_coords
 
 # Distinct colours a colouring shows; rarer values share one "(other)" colour. Topics are all
 # coloured (hues are generated past the palette): "(other)" would hide most of a big map.
@@ -77,7 +78,7 @@ def categorize(values: pa.Array | pa.ChunkedArray, limit: int = MAX_CATEGORIES) 
     """Codes for a column: the ``limit - 1`` most frequent values, then "(other)", "(none)"."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+    if not pa.types.is_string(values.type):
         values = values.cast(pa.string())
     encoded = pc.dictionary_encode(values)
     dictionary = encoded.dictionary.to_pylist()
@@ -165,9 +166,8 @@ class MapView:
                 f"the projection of {self.paths.identifier!r} has {projected.num_rows} rows for "
                 f"{self.n} datums: rebuild with `atlas index {self.paths.identifier}`"
             )
-        self.x, self.y = normalize_xy(
-            projected.column("x").to_numpy(), projected.column("y").to_numpy()
-        )
+        coords = projected_coords(projected)
+        self.x, self.y = normalize_xy(coords[:, 0], coords[:, 1])
         self._lock = threading.Lock()
         self._categories: dict[str, Categories] = {}
         self._tag_store = open_tag_store(self.paths)
@@ -189,8 +189,7 @@ class MapView:
         return [
             f.name
             for f in self.table.schema
-            if f.name != self.id_field
-            and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+            if f.name != self.id_field and pa.types.is_string(f.type)
         ]
 
     @cached_property
@@ -203,7 +202,7 @@ class MapView:
         if stored_embedding_dim(self.paths) is not None:
             return None
         built = (self.map.info("latent") or {}).get("params")
-        recorded = built or self.map.config.get("embedding") or {}
+        recorded = built or self.map.index_config.embedding.model_dump()
         return NomicEmbedOptions(
             **{k: recorded[k] for k in ("model", "mode") if recorded.get(k) is not None}
         )
@@ -218,7 +217,7 @@ class MapView:
     def topic_depths(self) -> list[str]:
         if self.topics is None:
             return []
-        return sorted(c for c in self.topics.columns if c.startswith("topic_depth_"))
+        return sorted(c for c in self.topics.columns if c.startswith(TOPIC_COLUMN_PREFIX))
 
     @cached_property
     def duplicates(self) -> pd.DataFrame | None:
@@ -234,12 +233,9 @@ class MapView:
             kind = field.type
             if field.name in (self.id_field, self.indexed_field):
                 continue
+            # Stored text is plain strings: lib.validate casts large and dictionary ones.
             if not (
-                pa.types.is_string(kind)
-                or pa.types.is_large_string(kind)
-                or pa.types.is_boolean(kind)
-                or pa.types.is_integer(kind)
-                or pa.types.is_dictionary(kind)
+                pa.types.is_string(kind) or pa.types.is_boolean(kind) or pa.types.is_integer(kind)
             ):
                 continue
             distinct = pc.count_distinct(sample.column(field.name), mode="all").as_py()
@@ -254,7 +250,7 @@ class MapView:
             {"key": c, "label": f"topic (depth {c.rsplit('_', 1)[1]})"} for c in self.topic_depths
         ]
         if self.duplicates is not None:
-            options.append({"key": "duplicate_class", "label": "duplicate class"})
+            options.append({"key": DUPLICATE_CLASS, "label": "duplicate class"})
         options.append({"key": "tag", "label": "tag"})
         options += [{"key": f"field:{f}", "label": f} for f in self.categorical_fields]
         return options
@@ -356,9 +352,9 @@ class MapView:
             return categorize(
                 pa.array(self.topics[by], pa.string(), from_pandas=True), MAX_TOPIC_CATEGORIES
             )
-        if by == "duplicate_class" and self.duplicates is not None:
+        if by == DUPLICATE_CLASS and self.duplicates is not None:
             return categorize(
-                pa.array(self.duplicates["duplicate_class"], pa.string(), from_pandas=True)
+                pa.array(self.duplicates[DUPLICATE_CLASS], pa.string(), from_pandas=True)
             )
         if by.startswith("field:") and by[len("field:") :] in self.categorical_fields:
             return categorize(self.table.column(by[len("field:") :]))
@@ -410,7 +406,7 @@ class MapView:
             for column in self.topic_depths:
                 extra[column] = display_value(self.topics[column].iat[index])
         if self.duplicates is not None:
-            extra["duplicate_class"] = display_value(self.duplicates["duplicate_class"].iat[index])
+            extra[DUPLICATE_CLASS] = display_value(self.duplicates[DUPLICATE_CLASS].iat[index])
         members = self._tag_store.memberships([datum_id])
         return {
             "index": index,

@@ -25,17 +25,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from atlas_assets.lib.embed import normalize
 from atlas_assets.lib.graph import KnnGraph
-from atlas_assets.lib.tagstore import TagStore
+from atlas_assets.lib.tagstore import BaseTagStore
 
-DUPLICATE_CLASSES = ("singleton", "retention candidate", "deletion candidate")
-SINGLETON, RETENTION, DELETION = DUPLICATE_CLASSES
+# The class names are part of the stored schema, so the store names them; re-exported here.
+from atlas_assets.store.resources import (  # noqa: F401
+    DELETION,
+    DUPLICATE_CLASSES,
+    RETENTION,
+    SINGLETON,
+)
+
 # The derived tag that holds the last build's deletion candidates (``tag_duplicates``).
 DUPLICATE_TAG = "duplicates: deletion candidates"
 
@@ -85,11 +90,10 @@ class DuplicateResult:
         )
 
 
-def tag_deletion_candidates(tag_db: Path, ids: list[str]) -> None:
-    """Make the derived tag :data:`DUPLICATE_TAG` hold exactly ``ids`` (created when first
-    needed, so maps without duplicates get no empty tag)."""
-    store = TagStore(tag_db)
-    if ids or (tag_db.exists() and DUPLICATE_TAG in store.counts()):
+def tag_deletion_candidates(store: BaseTagStore, ids: list[str]) -> None:
+    """Make the derived tag :data:`DUPLICATE_TAG` of ``store`` hold exactly ``ids`` (created
+    when first needed, so maps without duplicates get no empty tag)."""
+    if ids or (store.exists() and DUPLICATE_TAG in store.counts()):
         store.replace_members(DUPLICATE_TAG, ids, description="set by duplicate detection")
 
 

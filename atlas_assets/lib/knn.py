@@ -102,8 +102,8 @@ def _slack(key):
 @numba.njit(parallel=True, cache=True)
 def _select(bits, first, k, out, tops, keys):
     """For each row of ``bits`` (a block of bfloat16 similarities viewed as int16), the columns
-    whose similarity is within ``_SLACK`` of its k-th largest, at most ``out.shape[1]`` of them
-    (the largest), written to ``out[first + row]`` and padded with -1.
+    whose similarity is within 2^_SLACK_EXPONENT of its k-th largest, at most ``out.shape[1]``
+    of them (the largest), written to ``out[first + row]`` and padded with -1.
 
     Each row's maxima over chunks of ``_CHUNK`` columns come first, in one vectorised pass; the
     k-th largest of them is reached by k distinct values, so it bounds the row's k-th largest

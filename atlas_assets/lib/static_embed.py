@@ -20,25 +20,26 @@ transformers):
 A text's vector is then the normalised sum (so the mean's direction) of the rows of its first
 :data:`MAX_TOKENS` tokens: a sparse matrix product, no model, no torch. A text without a known
 token gets the distilled vector of the empty text. The table and the tokenizer are stored in one
-file per source model under the store (:func:`atlas_assets.store.layout.static_model_path`), so
-distillation runs once per machine.
+file per source model under the store (:func:`atlas_assets.store.cache.build_once`), so
+distillation runs once per store.
+
+This module builds on :mod:`atlas_assets.lib.models` only; :mod:`atlas_assets.lib.embed`
+(``mode="static"``) is its one caller.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from threading import Lock
 
 import numpy as np
 
+from atlas_assets.lib.models import Progress, load_model, normalize, transformer_key
 from atlas_assets.options import DEFAULT_MODEL
-from atlas_assets.store.files import atomic_path, locked
-from atlas_assets.store.layout import static_model_path
-
-Progress = Callable[[int, int], None]
+from atlas_assets.store.cache import build_once, static_model_path, write_arrays
 
 # Bump when the distillation changes: the table file and the embedding cache are keyed by it.
 METHOD_VERSION = 1
@@ -103,15 +104,12 @@ class StaticModel:
             out[start : start + len(chunk)] = vectors
             if progress:
                 progress(start + len(chunk), len(texts))
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1.0, norms)
+        return normalize(out)
 
 
 def static_key(model: str = DEFAULT_MODEL) -> str:
     """The name of ``model``'s static table, and of the cache of its static vectors."""
-    from atlas_assets.lib.embed import model_key
-
-    return f"{model_key(model)}-static{METHOD_VERSION}"
+    return f"{transformer_key(model)}-static{METHOD_VERSION}"
 
 
 def _forward_means(net, ids: np.ndarray) -> np.ndarray:
@@ -137,8 +135,6 @@ def distill(
     ``vocab_limit`` distils only the first token ids (for tests: every other token is then
     unknown). ``progress(done, total)`` counts forward passes of tokens, two per token.
     """
-    from atlas_assets.lib.embed import load_model
-
     transformer = load_model(model)[0]
     hf_tokenizer, net = transformer.tokenizer, transformer.auto_model.eval()
     vocab = hf_tokenizer.get_vocab()
@@ -188,13 +184,12 @@ def distill(
 def save(static: StaticModel, path: Path, *, source: str) -> None:
     """Write a static model to ``path`` (one ``.npz`` file), atomically."""
     meta = {"source": source, "method_version": METHOD_VERSION, "dims": static.dim}
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(
-            handle,
-            table=static.table,
-            tokenizer=np.array(static.tokenizer_json),
-            meta=np.array(json.dumps(meta)),
-        )
+    write_arrays(
+        path,
+        table=static.table,
+        tokenizer=np.array(static.tokenizer_json),
+        meta=np.array(json.dumps(meta)),
+    )
 
 
 def load(path: Path) -> StaticModel:
@@ -232,9 +227,10 @@ def load_static_model(
     path = model_file(model, home=home, vocab_limit=vocab_limit)
     with _LOADING:
         if path not in _LOADED:
-            with locked(path.with_suffix(".lock")):
-                if not path.exists():
-                    static = distill(model, vocab_limit=vocab_limit, progress=progress)
-                    save(static, path, source=model)
+
+            def make() -> None:
+                save(distill(model, vocab_limit=vocab_limit, progress=progress), path, source=model)
+
+            build_once(path, make)
             _LOADED[path] = load(path)
         return _LOADED[path]

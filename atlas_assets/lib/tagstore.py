@@ -1,7 +1,11 @@
-"""A durable, transactional store of datum tags: one SQLite file per dataset.
+"""A durable, transactional store of datum tags, by default one SQLite file per dataset.
 
 Curators tag datums (by string id, never row position, so tags survive re-indexing) from
-notebooks and from the web map, possibly from several processes at once. The store is therefore:
+notebooks and from the web map, possibly from several processes at once. :class:`BaseTagStore`
+holds the API and its promises (validation before any write, one transaction per call, set-based
+batches); a backend supplies the SQL: :class:`TagStore` here (SQLite, the local default) or
+:class:`~atlas_assets.lib.tagstore_pg.PostgresTagStore` (a shared PostgreSQL database, for a
+store that several machines use). The SQLite store is therefore:
 
 * **SQLite in WAL mode** with a busy timeout: readers never block writers and see a consistent
   snapshot; concurrent writers queue instead of failing.
@@ -26,6 +30,7 @@ import os
 import sqlite3
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -137,17 +142,224 @@ def _normalize_ids(ids: Iterable[str], *, what: str = "ids", dedupe: bool = True
     return list(dict.fromkeys(values)) if dedupe else values
 
 
-class TagStore:
-    """Tags over a dataset's datum ids, persisted in one SQLite file.
+class BaseTagStore(ABC):
+    """Tags over a dataset's datum ids: the API every backend shares.
 
-    Safe to use from several threads and processes at once (including after ``fork()``): every
-    public method opens its own connection and runs as exactly one transaction.
+    Each public method validates its input first (a refused call writes nothing) and then runs
+    as exactly one transaction of the backend, whose methods (``_read_tags``, ``_add``, ...)
+    are the only SQL. Safe from several threads and processes at once: backends open a
+    connection per call, so nothing is shared between threads or across ``fork()``.
 
     Args:
-        path: The SQLite file (created, with its schema, on first use; its directory must exist).
         valid_ids: Returns the dataset's current datum ids (best as a pyarrow array, which is
             used as is); :meth:`add` and :meth:`replace_members` reject ids not among them.
             ``None`` disables the check.
+    """
+
+    def __init__(self, valid_ids: Callable[[], Collection[str]] | None = None) -> None:
+        self.valid_ids = valid_ids
+
+    # -- what a backend provides, each call one transaction -----------------------------------
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether this dataset's store has been created (has ever held a tag)."""
+
+    @abstractmethod
+    def _read_tags(self) -> list[tuple]:
+        """``(tag_id, name, created, color, description, count)`` per tag, creation order."""
+
+    @abstractmethod
+    def _add(self, names: list[str], ids: list[str]) -> int:
+        """Create missing tags and add the memberships; the number of new memberships."""
+
+    @abstractmethod
+    def _replace(self, name: str, ids: list[str], description: str) -> None:
+        """Create ``name`` if missing and make ``ids`` exactly its members."""
+
+    @abstractmethod
+    def _remove(self, names: list[str], ids: list[str] | None) -> int:
+        """Untag ``ids`` (or, when ``None``, delete the tags); unknown names raise
+        :meth:`_unknown_tag_error` and write nothing. The number of memberships removed."""
+
+    @abstractmethod
+    def _members(self, name: str) -> list[str]:
+        """The sorted ids in ``name``; an unknown name raises :meth:`_unknown_tag_error`."""
+
+    @abstractmethod
+    def _all_members(self) -> dict[str, list[str]]:
+        """Every tag's ids, tags in creation order, from one snapshot."""
+
+    @abstractmethod
+    def _counts(self) -> dict[str, int]:
+        """Tag name -> member count, creation order."""
+
+    # -- shared helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _tag_row_to_dict(row: tuple) -> dict:
+        tag_id, name, created, color, description, count = row
+        return {
+            "tag_name": name,
+            "tag_id": tag_id,
+            "metadata": {
+                "created": created,
+                "color": color,
+                "description": description,
+                "count": int(count),
+            },
+        }
+
+    def _unknown_tag_error(self, known: Sequence[str], names: Sequence[str]) -> ValueError:
+        listing = ", ".join(repr(k) for k in known[:20]) + (", ..." if len(known) > 20 else "")
+        which = ", ".join(repr(n) for n in names)
+        return ValueError(
+            f"Unknown tag{'s' if len(names) > 1 else ''} {which} in {self}; "
+            f"known tags ({len(known)}): {listing or 'none'}"
+        )
+
+    def _check_valid_ids(self, ids: list[str]) -> None:
+        if self.valid_ids is None or not ids:
+            return
+        valid = self.valid_ids()
+        if not isinstance(valid, pa.ChunkedArray | pa.Array):
+            valid = pa.array(list(valid), type=pa.string())
+        # Hash join in Arrow: no million-element Python set per call.
+        known = pc.is_in(pa.array(ids, type=pa.string()), value_set=valid.cast(pa.string()))
+        mask = np.asarray(known.to_numpy(zero_copy_only=False), dtype=bool)
+        unknown = [i for i, ok in zip(ids, mask, strict=True) if not ok]
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} of {len(ids)} ids are not in the dataset: {_preview(unknown)}. "
+                "Nothing was tagged."
+            )
+
+    # -- public API -------------------------------------------------------------------------
+
+    def get_tags(self) -> list[dict]:
+        """All tags in creation order.
+
+        Returns:
+            ``[{"tag_name", "tag_id", "metadata": {"created", "color", "description", "count"}}]``
+            where ``created`` is an ISO-8601 UTC time and ``count`` the number of tagged datums.
+        """
+        return [self._tag_row_to_dict(r) for r in self._read_tags()]
+
+    def add(self, ids: Iterable[str], tags: str | Iterable[str]) -> int:
+        """Tag datums, creating any tags that do not exist yet.
+
+        Args:
+            ids: Datum ids (strings). Must be non-empty and, when ``valid_ids`` was given, all
+                in the dataset. Duplicates and already-tagged ids are fine.
+            tags: A tag name or several.
+
+        Returns:
+            The number of new (datum, tag) memberships; ``0`` when everything was already tagged.
+
+        Raises:
+            ValueError: On invalid ids or tag names; nothing is written.
+        """
+        names = _normalize_tags(tags)
+        id_list = _normalize_ids(ids)
+        if not id_list:
+            raise ValueError("add() needs at least one datum id; got an empty list")
+        self._check_valid_ids(id_list)
+        return self._add(names, id_list)
+
+    def replace_members(self, tag: str, ids: Iterable[str], *, description: str = "") -> int:
+        """Make ``ids`` exactly the members of ``tag`` (created if needed), in one transaction.
+
+        For tags derived from a resource (e.g. duplicate candidates), so readers never see the
+        tag half rewritten. Returns the new member count.
+        """
+        name = _normalize_tags(tag)[0]
+        id_list = _normalize_ids(ids)
+        self._check_valid_ids(id_list)
+        self._replace(name, id_list, description)
+        return len(id_list)  # already de-duplicated
+
+    def remove(
+        self,
+        ids: Iterable[str] | None,
+        tags: str | Iterable[str],
+        delete_all: bool = False,
+    ) -> int:
+        """Untag datums, or with ``delete_all=True`` delete the tags themselves.
+
+        Args:
+            ids: Datum ids to untag. Ids that are not in the tag (or no longer in the dataset)
+                are ignored. Ignored, and may be ``None``, when ``delete_all`` is True.
+            tags: A tag name or several; all must exist.
+            delete_all: Delete each tag and all of its memberships.
+
+        Returns:
+            The number of (datum, tag) memberships removed.
+
+        Raises:
+            ValueError: On an unknown tag, invalid ids or tag names, or no ids without
+                ``delete_all``; nothing is written.
+        """
+        names = _normalize_tags(tags)
+        id_list: list[str] | None = None
+        if not delete_all:
+            if ids is None:
+                raise ValueError(
+                    "remove() needs the ids to untag; pass delete_all=True to delete the whole tag"
+                )
+            id_list = _normalize_ids(ids)
+            if not id_list:
+                raise ValueError(
+                    "remove() got an empty list of ids; pass delete_all=True to delete the "
+                    "whole tag"
+                )
+        return self._remove(names, id_list)
+
+    def get_datums_in_tag(self, tag_name: str) -> list[str]:
+        """The ids of all datums with tag ``tag_name``, sorted.
+
+        Raises:
+            ValueError: If no tag of that name exists (the message lists the known tags).
+        """
+        _check_tag_name(tag_name)
+        return self._members(tag_name)
+
+    def memberships(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per tag (creation order), a bool array aligned to ``ids``: True where tagged.
+
+        Ids not in the store (or not in the dataset) are simply False; duplicates in ``ids``
+        get the same value. All tags are read from one snapshot.
+        """
+        id_list = _normalize_ids(ids, dedupe=False)
+        id_arr = pa.array(id_list, type=pa.string())
+        members = self._all_members()
+        # Arrow's hashed is_in: linear in len(ids) + tag size, no per-id Python work.
+        return {
+            name: np.asarray(
+                pc.is_in(id_arr, value_set=pa.array(m, type=pa.string())).to_numpy(
+                    zero_copy_only=False
+                ),
+                dtype=bool,
+            )
+            for name, m in members.items()
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Tag name -> number of tagged datums, in creation order (empty tags included)."""
+        return self._counts()
+
+    def drop(self) -> None:
+        """Delete every tag of this dataset (when the dataset itself is deleted)."""
+        names = list(self.counts()) if self.exists() else []
+        if names:
+            self._remove(names, None)
+
+
+class TagStore(BaseTagStore):
+    """The SQLite backend: one file per dataset, beside its data (the local default).
+
+    Args:
+        path: The SQLite file (created, with its schema, on first use; its directory must exist).
+        valid_ids: See :class:`BaseTagStore`.
     """
 
     def __init__(
@@ -155,12 +367,23 @@ class TagStore:
         path: str | os.PathLike[str],
         valid_ids: Callable[[], Collection[str]] | None = None,
     ) -> None:
+        super().__init__(valid_ids)
         self.path = Path(path)
-        self.valid_ids = valid_ids
         self._schema_ready = False
 
     def __repr__(self) -> str:
         return f"TagStore({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return f"tag store {self.path}"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def drop(self) -> None:
+        """Delete the file (and SQLite's WAL and shared-memory files beside it)."""
+        for suffix in ("", "-wal", "-shm"):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
 
     # -- connections and transactions ---------------------------------------------------------
 
@@ -266,20 +489,6 @@ class TagStore:
         con.executemany("INSERT OR IGNORE INTO temp._batch VALUES (?)", ((i,) for i in ids))
 
     @staticmethod
-    def _tag_row_to_dict(row: tuple, count: int) -> dict:
-        seq, tag_id, name, created, color, description = row
-        return {
-            "tag_name": name,
-            "tag_id": tag_id,
-            "metadata": {
-                "created": created,
-                "color": color,
-                "description": description,
-                "count": int(count),
-            },
-        }
-
-    @staticmethod
     def _tag_seqs(con: sqlite3.Connection) -> dict[str, int]:
         return dict(con.execute("SELECT name, seq FROM tags ORDER BY seq"))
 
@@ -302,69 +511,19 @@ class TagStore:
         )
         return seq
 
-    def _unknown_tag_error(self, con: sqlite3.Connection, names: Sequence[str]) -> ValueError:
-        known = list(self._tag_seqs(con))
-        listing = ", ".join(repr(k) for k in known[:20]) + (", ..." if len(known) > 20 else "")
-        which = ", ".join(repr(n) for n in names)
-        return ValueError(
-            f"Unknown tag{'s' if len(names) > 1 else ''} {which} in tag store {self.path}; "
-            f"known tags ({len(known)}): {listing or 'none'}"
-        )
+    # -- the backend's transactions -----------------------------------------------------------
 
-    def _check_valid_ids(self, ids: list[str]) -> None:
-        if self.valid_ids is None or not ids:
-            return
-        valid = self.valid_ids()
-        if not isinstance(valid, pa.ChunkedArray | pa.Array):
-            valid = pa.array(list(valid), type=pa.string())
-        # Hash join in Arrow: no million-element Python set per call.
-        known = pc.is_in(pa.array(ids, type=pa.string()), value_set=valid.cast(pa.string()))
-        mask = np.asarray(known.to_numpy(zero_copy_only=False), dtype=bool)
-        unknown = [i for i, ok in zip(ids, mask, strict=True) if not ok]
-        if unknown:
-            raise ValueError(
-                f"{len(unknown)} of {len(ids)} ids are not in the dataset: {_preview(unknown)}. "
-                "Nothing was tagged."
-            )
-
-    # -- public API -------------------------------------------------------------------------
-
-    def get_tags(self) -> list[dict]:
-        """All tags in creation order.
-
-        Returns:
-            ``[{"tag_name", "tag_id", "metadata": {"created", "color", "description", "count"}}]``
-            where ``created`` is an ISO-8601 UTC time and ``count`` the number of tagged datums.
-        """
+    def _read_tags(self) -> list[tuple]:
         with self._transaction(write=False) as con:
-            rows = con.execute(
-                "SELECT t.seq, t.tag_id, t.name, t.created, t.color, t.description, "
+            return con.execute(
+                "SELECT t.tag_id, t.name, t.created, t.color, t.description, "
                 "(SELECT COUNT(*) FROM memberships m WHERE m.tag_seq = t.seq) "
                 "FROM tags t ORDER BY t.seq"
             ).fetchall()
-        return [self._tag_row_to_dict(r[:6], r[6]) for r in rows]
 
-    def add(self, ids: Iterable[str], tags: str | Iterable[str]) -> int:
-        """Tag datums, creating any tags that do not exist yet.
-
-        Args:
-            ids: Datum ids (strings). Must be non-empty and, when ``valid_ids`` was given, all
-                in the dataset. Duplicates and already-tagged ids are fine.
-            tags: A tag name or several.
-
-        Returns:
-            The number of new (datum, tag) memberships; ``0`` when everything was already tagged.
-
-        Raises:
-            ValueError: On invalid ids or tag names; nothing is written.
-        """
-        names = _normalize_tags(tags)
-        id_list = _normalize_ids(ids)
-        if not id_list:
-            raise ValueError("add() needs at least one datum id; got an empty list")
-        self._check_valid_ids(id_list)
+    def _add(self, names: list[str], ids: list[str]) -> int:
         with self._transaction(write=True) as con:
-            self._load_batch(con, id_list)
+            self._load_batch(con, ids)
             added = 0
             for name in names:
                 seq = self._create_in(con, name)
@@ -376,71 +535,29 @@ class TagStore:
                 ).rowcount
             return added
 
-    def replace_members(self, tag: str, ids: Iterable[str], *, description: str = "") -> int:
-        """Make ``ids`` exactly the members of ``tag`` (created if needed), in one transaction.
-
-        For tags derived from a resource (e.g. duplicate candidates), so readers never see the
-        tag half rewritten. Returns the new member count.
-        """
-        name = _normalize_tags(tag)[0]
-        id_list = _normalize_ids(ids)
-        self._check_valid_ids(id_list)
+    def _replace(self, name: str, ids: list[str], description: str) -> None:
         with self._transaction(write=True) as con:
             seq = self._create_in(con, name, description=description)
             con.execute("DELETE FROM memberships WHERE tag_seq = ?", (seq,))
-            self._load_batch(con, id_list)
+            self._load_batch(con, ids)
             con.execute(
                 "INSERT OR IGNORE INTO memberships (tag_seq, datum_id) "
                 "SELECT ?, datum_id FROM temp._batch",
                 (seq,),
             )
-        return len(id_list)  # already de-duplicated
 
-    def remove(
-        self,
-        ids: Iterable[str] | None,
-        tags: str | Iterable[str],
-        delete_all: bool = False,
-    ) -> int:
-        """Untag datums, or with ``delete_all=True`` delete the tags themselves.
-
-        Args:
-            ids: Datum ids to untag. Ids that are not in the tag (or no longer in the dataset)
-                are ignored. Ignored, and may be ``None``, when ``delete_all`` is True.
-            tags: A tag name or several; all must exist.
-            delete_all: Delete each tag and all of its memberships.
-
-        Returns:
-            The number of (datum, tag) memberships removed.
-
-        Raises:
-            ValueError: On an unknown tag, invalid ids or tag names, or no ids without
-                ``delete_all``; nothing is written.
-        """
-        names = _normalize_tags(tags)
-        id_list: list[str] = []
-        if not delete_all:
-            if ids is None:
-                raise ValueError(
-                    "remove() needs the ids to untag; pass delete_all=True to delete the whole tag"
-                )
-            id_list = _normalize_ids(ids)
-            if not id_list:
-                raise ValueError(
-                    "remove() got an empty list of ids; pass delete_all=True to delete the "
-                    "whole tag"
-                )
+    def _remove(self, names: list[str], ids: list[str] | None) -> int:
         with self._transaction(write=True) as con:
             seqs = self._tag_seqs(con)
             missing = [n for n in names if n not in seqs]
             if missing:
-                raise self._unknown_tag_error(con, missing)
-            if not delete_all:
-                self._load_batch(con, id_list)
+                raise self._unknown_tag_error(list(seqs), missing)
+            if ids is not None:
+                self._load_batch(con, ids)
             removed = 0
             for name in names:
                 seq = seqs[name]
-                if delete_all:
+                if ids is None:
                     removed += con.execute(
                         "DELETE FROM memberships WHERE tag_seq = ?", (seq,)
                     ).rowcount
@@ -453,17 +570,11 @@ class TagStore:
                     ).rowcount
             return removed
 
-    def get_datums_in_tag(self, tag_name: str) -> list[str]:
-        """The ids of all datums with tag ``tag_name``, sorted.
-
-        Raises:
-            ValueError: If no tag of that name exists (the message lists the known tags).
-        """
-        _check_tag_name(tag_name)
+    def _members(self, name: str) -> list[str]:
         with self._transaction(write=False) as con:
-            row = con.execute("SELECT seq FROM tags WHERE name = ?", (tag_name,)).fetchone()
+            row = con.execute("SELECT seq FROM tags WHERE name = ?", (name,)).fetchone()
             if row is None:
-                raise self._unknown_tag_error(con, [tag_name])
+                raise self._unknown_tag_error(list(self._tag_seqs(con)), [name])
             return [
                 r[0]
                 for r in con.execute(
@@ -472,38 +583,19 @@ class TagStore:
                 )
             ]
 
-    def memberships(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Per tag (creation order), a bool array aligned to ``ids``: True where tagged.
-
-        Ids not in the store (or not in the dataset) are simply False; duplicates in ``ids``
-        get the same value. All tags are read from one snapshot.
-        """
-        id_list = _normalize_ids(ids, dedupe=False)
-        id_arr = pa.array(id_list, type=pa.string())
+    def _all_members(self) -> dict[str, list[str]]:
         with self._transaction(write=False) as con:
-            seqs = self._tag_seqs(con)
-            members = {
+            return {
                 name: [
                     r[0]
                     for r in con.execute(
                         "SELECT datum_id FROM memberships WHERE tag_seq = ?", (seq,)
                     )
                 ]
-                for name, seq in seqs.items()
+                for name, seq in self._tag_seqs(con).items()
             }
-        # Arrow's hashed is_in: linear in len(ids) + tag size, no per-id Python work.
-        return {
-            name: np.asarray(
-                pc.is_in(id_arr, value_set=pa.array(m, type=pa.string())).to_numpy(
-                    zero_copy_only=False
-                ),
-                dtype=bool,
-            )
-            for name, m in members.items()
-        }
 
-    def counts(self) -> dict[str, int]:
-        """Tag name -> number of tagged datums, in creation order (empty tags included)."""
+    def _counts(self) -> dict[str, int]:
         with self._transaction(write=False) as con:
             return {
                 name: int(n)

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from atlas_assets.store.resources import topic_column
+
 if TYPE_CHECKING:  # lib.topics imports scipy: the definitions load this module on every reload
     from atlas_assets.lib.topics import TopicTree
 
@@ -18,7 +20,7 @@ def datum_labels(tree: TopicTree) -> dict[str, pa.Array]:
     that does not split carries on as a single child with its label)."""
     label_of = pd.Series(tree.topics["label"].to_numpy(), index=tree.topics["topic_id"])
     return {
-        f"topic_depth_{d + 1}": pa.array(
+        topic_column(d + 1): pa.array(
             label_of.reindex(tree.assignments[:, d]).to_numpy(dtype=object), pa.string()
         )
         for d in range(tree.depth)
@@ -40,12 +42,12 @@ def topic_metadata(tree: TopicTree) -> pa.Table:
     columns: dict[str, pa.Array] = {
         "depth": pa.array(ordered["depth"].to_numpy(np.int64)),
         "topic_id": pa.array(ids),
-        "topic_depth_1": pa.array([paths[int(t)][0] for t in ids], pa.string()),
+        topic_column(1): pa.array([paths[int(t)][0] for t in ids], pa.string()),
         "topic_description": pa.array(["/".join(k) for k in ordered["keywords"]], pa.string()),
         "topic_short_description": pa.array(ordered["label"].tolist(), pa.string()),
     }
     for d in range(2, tree.depth + 1):
-        columns[f"topic_depth_{d}"] = pa.array([paths[int(t)][d - 1] for t in ids], pa.string())
+        columns[topic_column(d)] = pa.array([paths[int(t)][d - 1] for t in ids], pa.string())
     return pa.table(columns)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +36,7 @@ from atlas_assets.store.datasets import (
     write_shard,
 )
 from atlas_assets.store.files import is_locked, locked, now_iso, wait_unlocked
+from atlas_assets.store.remote import remove_tree
 
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -384,8 +384,9 @@ class AtlasDataset:
         lineage. Concurrent calls on one dataset (from any process) run one after the other,
         each building with its own options. Arguments as in :meth:`configure_index`.
         """
-        from atlas_assets.reader.run import materialize_map
+        from atlas_assets.reader.run import check_build_settings, materialize_map
 
+        check_build_settings()  # a wrong database setting: said now, the options not recorded
         with locked(self._paths.build_lock):
             map_name = self._record_index(
                 name,
@@ -491,10 +492,8 @@ class AtlasDataset:
                 raise ValueError(
                     f"indexed_field {indexed_field!r} is not a column; columns are {schema.names}"
                 )
-            if not (
-                pa.types.is_string(schema.field(indexed_field).type)
-                or pa.types.is_large_string(schema.field(indexed_field).type)
-            ):
+            # Stored text is plain strings: lib.validate casts large and dictionary ones.
+            if not pa.types.is_string(schema.field(indexed_field).type):
                 raise ValueError(
                     f"indexed_field {indexed_field!r} must be a text column, "
                     f"got {schema.field(indexed_field).type}"
@@ -576,8 +575,12 @@ class AtlasDataset:
         dataset, keeps its vectors. Waits for a running build of the dataset to end first.
         """
         self._refresh()
+        from atlas_assets.store.tags import tag_store
+
         with locked(self._paths.build_lock), locked(self._paths.lock):
-            shutil.rmtree(self._paths.root)
+            # Tags first: a shared tag database that cannot be reached leaves the dataset whole.
+            tag_store(self._paths).drop()
+            remove_tree(self._paths.root)  # and its objects, on a remote store
         from atlas_assets.reader.run import forget_partition
 
         forget_partition(self._paths)

@@ -9,6 +9,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from atlas_assets.store.resources import DELETION, DUPLICATE_CLASS, RETENTION, deletion_candidates
+
 if TYPE_CHECKING:
     from atlas_assets.reader.map import AtlasMap
 
@@ -24,7 +26,7 @@ class AtlasMapDuplicates:
     """
 
     def __init__(self, atlas_map: AtlasMap) -> None:
-        if atlas_map.config.get("duplicate_detection", True) is None:
+        if not atlas_map.index_config.duplicates_enabled:
             raise ValueError(
                 "duplicate detection is off for this map: rebuild it with "
                 "create_index(duplicate_detection=True)"
@@ -43,8 +45,7 @@ class AtlasMapDuplicates:
 
     def deletion_candidates(self) -> list[str]:
         """Ids of the datums that can be deleted to deduplicate the dataset."""
-        mask = pc.equal(self.tb.column("duplicate_class"), "deletion candidate")
-        return self.tb.column(0).filter(mask).to_pylist()
+        return deletion_candidates(self.tb)
 
     def pairs(self) -> pd.DataFrame:
         """Every pair within the cutoff, ``[<id>_a, <id>_b, distance]``: see what sits near it."""
@@ -52,10 +53,10 @@ class AtlasMapDuplicates:
 
     @property
     def cutoff(self) -> float:
-        return float(self._map.config["duplicate_detection"]["duplicate_cutoff"])
+        return self._map.index_config.duplicate_detection.duplicate_cutoff
 
     def __repr__(self) -> str:
-        classes = self.tb.column("duplicate_class")
-        deletions = pc.sum(pc.equal(classes, "deletion candidate")).as_py() or 0
-        clusters = pc.sum(pc.equal(classes, "retention candidate")).as_py() or 0
+        classes = self.tb.column(DUPLICATE_CLASS)
+        deletions = pc.sum(pc.equal(classes, DELETION)).as_py() or 0
+        clusters = pc.sum(pc.equal(classes, RETENTION)).as_py() or 0
         return f"{deletions} deletion candidates in {clusters} clusters"

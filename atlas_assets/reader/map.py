@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from atlas_assets.options import IndexConfig
 from atlas_assets.store import (
     ResourceNotReadyError,
     StaleResourceError,
@@ -22,8 +23,8 @@ from atlas_assets.store import (
     read_resource,
     resource_info,
 )
-from atlas_assets.store.files import matrix, private_matrix
 from atlas_assets.store.layout import explorer_url, resource_key
+from atlas_assets.store.resources import latent_vectors, read_latent
 
 if TYPE_CHECKING:
     from atlas_assets.reader.dataset import AtlasDataset
@@ -46,6 +47,11 @@ class AtlasMap:
         # The configuration the published map was built with (a newer one may be recorded
         # for a rebuild that has not finished).
         self.config = self._published.config or config
+
+    @cached_property
+    def index_config(self) -> IndexConfig:
+        """:attr:`config` parsed: which stages are on and with which options."""
+        return IndexConfig(self.config)
 
     @property
     def name(self) -> str:
@@ -197,12 +203,12 @@ class AtlasMapEmbeddings:
         memory-mapped, but it downloads a fresh copy on every access.)
         """
         path = self._map.path("latent")
-        return private_matrix(path, "embedding", expected_version=self._map.version)
+        return read_latent(path, expected_version=self._map.version, writable=True)
 
     @cached_property
     def _latent(self) -> np.ndarray:
         """The read-only stored vectors the searches use, whatever a user does to ``latent``."""
-        return matrix(self._latent_table.column("embedding"))
+        return latent_vectors(self._latent_table)
 
     @cached_property
     def tb(self) -> pa.Table:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 
 from atlas_assets.store import DatasetPaths
-from atlas_assets.store.layout import dagster_home, ensure_dagster_home
+from atlas_assets.store.layout import check_dagster_pg_url, dagster_home, ensure_dagster_home
 from atlas_assets.store.publish import discard
+from atlas_assets.store.tags import check_tags_setting
 
 
 def _root_message(error) -> str:
@@ -20,9 +21,18 @@ def _root_message(error) -> str:
     return error.message.strip()
 
 
+def check_build_settings() -> None:
+    """The database settings every build needs, checked (form, then a connection) without
+    writing anything: the live tag store (``ATLAS_TAGS_URL``) and the Dagster instance
+    (``ATLAS_DAGSTER_PG_URL``). One error names the setting that is wrong."""
+    check_tags_setting()
+    check_dagster_pg_url()
+
+
 def materialize_map(paths: DatasetPaths) -> str:
     """Build every map resource of ``paths``'s partition and publish the map; returns the
     Dagster run id. Until the run has succeeded, readers keep the previous map."""
+    check_tags_setting()  # the tags step and publishing need it: said before building
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     import dagster as dg  # imported here: reading a map never needs Dagster
 
@@ -67,7 +77,8 @@ def forget_partition(paths: DatasetPaths) -> bool:
     has that partition (the runs stay in its history); returns whether one was removed."""
     if not (dagster_home() / "dagster.yaml").is_file():
         return False  # no instance yet: nothing to forget, and none is created for this
-    os.environ["DAGSTER_HOME"] = str(dagster_home())
+    # Its configuration follows ATLAS_DAGSTER_PG_URL, checked: a clear error, not Dagster's.
+    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     import dagster as dg
 
     from atlas_assets.defs.partitions import atlas_datasets

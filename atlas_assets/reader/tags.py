@@ -7,23 +7,27 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from atlas_assets.lib.tagstore import TagStore
+from atlas_assets.lib.tagstore import BaseTagStore, TagStore
 
 if TYPE_CHECKING:
     from atlas_assets.reader.map import AtlasMap
 
 
-def open_tag_store(paths) -> TagStore:
-    """The dataset's tag store, validating ids against every id uploaded so far."""
+def open_tag_store(paths) -> BaseTagStore:
+    """The dataset's live tag store (its SQLite file, or the PostgreSQL database of
+    ``ATLAS_TAGS_URL``), validating ids against every id uploaded so far."""
     from atlas_assets.store.datasets import load_meta, read_shards
+    from atlas_assets.store.tags import tag_store
 
     def valid_ids():
         id_field = (load_meta(paths) or {}).get("id_field")
         table = read_shards(paths, [id_field]) if id_field else None
         return [] if table is None else table.column(id_field)
 
-    paths.root.mkdir(parents=True, exist_ok=True)
-    return TagStore(paths.tag_db, valid_ids=valid_ids)
+    store = tag_store(paths, valid_ids=valid_ids)
+    if isinstance(store, TagStore):
+        paths.root.mkdir(parents=True, exist_ok=True)  # the SQLite file's folder
+    return store
 
 
 class AtlasMapTags:

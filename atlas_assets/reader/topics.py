@@ -24,8 +24,7 @@ class AtlasMapTopics:
     ``hierarchy`` and helpers to group, count over time and place new vectors."""
 
     def __init__(self, atlas_map: AtlasMap) -> None:
-        options = atlas_map.config.get("topic_model", True)
-        if options is None or (isinstance(options, dict) and not options["build_topic_model"]):
+        if not atlas_map.index_config.topics_enabled:
             raise ValueError(
                 "the topic model is off for this map: "
                 "rebuild it with create_index(topic_model=True)"
@@ -113,8 +112,7 @@ class AtlasMapTopics:
         if not (
             pa.types.is_timestamp(column.type)
             or pa.types.is_date(column.type)
-            or pa.types.is_string(column.type)
-            or pa.types.is_large_string(column.type)
+            or pa.types.is_string(column.type)  # stored text is never large_string
         ):
             raise ValueError(f"field {time_field!r} holds {column.type}, not timestamps")
         try:

@@ -12,8 +12,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from atlas_assets.store.files import locked, now_iso, read_arrow, read_json, write_arrow, write_json
+from atlas_assets.options import IndexConfig
+from atlas_assets.store.files import (
+    locked,
+    now_iso,
+    read_arrow,
+    read_json,
+    remove_file,
+    write_arrow,
+    write_json,
+)
 from atlas_assets.store.layout import SHARD_NAME, DatasetPaths
+from atlas_assets.store.remote import claim
 
 EMBEDDING_COLUMN = "_embedding"  # bring-your-own vectors ride along in the shard
 # Facts published with a shard, in its schema metadata, so they are on disk exactly when the
@@ -23,7 +33,10 @@ _SHARD_INFO = b"atlas:shard"
 
 def load_meta(paths: DatasetPaths) -> dict[str, Any] | None:
     """The dataset's identity and index configuration, or None if it does not exist."""
-    return read_json(paths.meta) if paths.meta.is_file() else None
+    try:
+        return read_json(paths.meta)
+    except FileNotFoundError:
+        return None
 
 
 def new_meta(
@@ -136,6 +149,10 @@ def write_shard(
     if info:
         table = table.replace_schema_metadata({_SHARD_INFO: json.dumps(info, sort_keys=True)})
     seq = len(paths.shard_files()) + 1
+    # On S3 the batch number is claimed first (a conditional create): a machine adding a batch
+    # to the same dataset at the same moment takes the next number, so neither hides the other.
+    while not claim(paths.shards / ".claims" / f"{seq:06d}"):
+        seq += 1
     return _publish(paths, table, f"{seq:06d}")
 
 
@@ -172,9 +189,9 @@ def ingested_sources(paths: DatasetPaths) -> set[str]:
 def prune_superseded(paths: DatasetPaths) -> None:
     """Remove shard revisions that a later revision replaced; the caller holds the lock."""
     current = set(paths.shard_files())
-    for f in paths.shards.glob("[0-9]*.arrow") if paths.shards.is_dir() else []:
+    for f in paths.all_shard_files():
         if f not in current and SHARD_NAME.match(f.name):
-            f.unlink(missing_ok=True)
+            remove_file(f)
 
 
 def delete_rows(paths: DatasetPaths, id_field: str, ids: set[str]) -> int:
@@ -192,7 +209,7 @@ def delete_rows(paths: DatasetPaths, id_field: str, ids: set[str]) -> int:
             continue
         match = SHARD_NAME.match(f.name)
         _publish(paths, table.filter(keep), f"{match[1]}r{int(match[2] or 0) + 1}")
-        f.unlink()
+        remove_file(f)
         removed += dropped
     return removed
 
@@ -220,7 +237,7 @@ def remove_last_batches(paths: DatasetPaths, count: int) -> list[tuple[str, int]
         removed = []
         for f in reversed(shards[-count:]):
             removed.append((f.name, count_rows_of(f)))
-            f.unlink()
+            remove_file(f)
         return removed
 
 
@@ -256,6 +273,11 @@ def map_config(paths: DatasetPaths) -> dict[str, Any]:
             f"`atlas index {paths.identifier} --field <text column>` (or create_index in Python)"
         )
     return meta["maps"][0]
+
+
+def index_config(paths: DatasetPaths) -> IndexConfig:
+    """:func:`map_config`, parsed: which stages are on and with which options."""
+    return IndexConfig(map_config(paths))
 
 
 def count_rows_of(shard: Path) -> int:

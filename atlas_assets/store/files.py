@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from atlas_assets.store import remote
+
 _META_PREFIX = "atlas:"
 
 
@@ -103,21 +105,31 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write a JSON document atomically."""
+def write_json(path: Path, doc: dict[str, Any], *, expect: str | None = None) -> None:
+    """Write a JSON document atomically. On a remote store it is one PUT of its object, made
+    before the local copy changes (so the mirror never runs ahead of the store); ``expect``
+    makes that PUT conditional (see :func:`~atlas_assets.store.remote.upload`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+        remote.upload(tmp, target=path, expect=expect)
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON document (on a remote store: its object, read now)."""
+    remote.refresh(path)
     return json.loads(path.read_text())
+
+
+def remove_file(path: Path) -> None:
+    """Remove a file of the store (and its object, on a remote store)."""
+    remote.remove(path)
 
 
 @contextlib.contextmanager
 def locked(lock_path: Path) -> Iterator[None]:
     """An exclusive inter-process lock (flock) held for the body; serialises store writers."""
     make_dirs(lock_path.parent)
-    with open(lock_path, "a") as handle:
+    with open(lock_path, "a") as handle, remote.fresh():  # a writer reads what is stored now
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -161,10 +173,12 @@ def write_arrow(path: Path, table: pa.Table) -> None:
     ):
         # One record batch: columns then map to numpy without copies.
         writer.write_table(table.combine_chunks())
+    remote.upload(path)  # immutable once written: uploaded once, under its own name
 
 
 def read_arrow(path: Path) -> pa.Table:
     """Read an Arrow IPC file memory-mapped: columns reference the file, nothing is copied."""
+    remote.fetch(path)
     source = pa.memory_map(str(path), "r")
     return pa.ipc.open_file(source).read_all()
 
@@ -203,7 +217,7 @@ def _info_from_schema(schema: pa.Schema) -> dict[str, Any]:
 
 def resource_info(path: Path) -> dict[str, Any] | None:
     """The lineage recorded in a resource file (without reading its data), or None if absent."""
-    if not path.is_file():
+    if not remote.fetch(path):
         return None
     with pa.memory_map(str(path), "r") as source:
         return _info_from_schema(pa.ipc.open_file(source).schema)
@@ -221,7 +235,7 @@ def _check_version(path: Path, schema: pa.Schema, expected_version: str | None) 
 
 def read_resource(path: Path, *, expected_version: str | None = None) -> pa.Table:
     """Read a resource memory-mapped; refuse it if it was built from another dataset version."""
-    if not path.is_file():
+    if not remote.fetch(path):
         raise ResourceNotReadyError(str(path))
     table = read_arrow(path)
     _check_version(path, table.schema, expected_version)
@@ -236,7 +250,7 @@ def private_matrix(path: Path, column: str, *, expected_version: str | None = No
     pages they touch, in this process's memory, and the file never changes. Arrow parses the
     same mapping, so the array is the file that was checked, even if it is replaced meanwhile.
     """
-    if not path.is_file():
+    if not remote.fetch(path):
         raise ResourceNotReadyError(str(path))
     with open(path, "rb") as handle:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)

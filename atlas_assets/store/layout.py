@@ -12,6 +12,10 @@ Layout under ``$ATLAS_HOME``::
         resources/manifest.json        the published map: which build file each resource is
         resources/builds/<run-id>/     one Dagster run's resource files (immutable once written)
         tags.sqlite                    the live tag store
+
+``$ATLAS_HOME`` may be a URL (``s3://bucket/prefix``, ...): the same layout then lives on the
+object store and is worked through a local mirror, so these are still local paths (see
+``store/remote.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from atlas_assets.store.remote import fetch, glob, is_url, listing, resolve_root, storage_options
 
 # Every map resource, in lineage order; each is one Dagster asset and one Arrow file.
 RESOURCES = (
@@ -57,6 +63,10 @@ def resource_key(name: str, part: str | None = None) -> str:
     return name if part is None else f"{name}.{part}"
 
 
+_REMOTE_SETTINGS = ("ATLAS_STORAGE_OPTIONS", "ATLAS_CACHE_DIR", "XDG_CACHE_HOME")
+_MIRROR_OF: dict[tuple[str, ...], Path] = {}
+
+
 def _checkout_root() -> Path | None:
     """The source checkout this package runs from, if it is one (editable install)."""
     root = Path(__file__).resolve().parents[2]
@@ -66,10 +76,21 @@ def _checkout_root() -> Path | None:
 
 
 def atlas_home() -> Path:
-    """The store root: ``$ATLAS_HOME``, else ``data/store`` in the checkout, else ``~/.atlas``."""
+    """The store root: ``$ATLAS_HOME``, else ``data/store`` in the checkout, else ``~/.atlas``.
+
+    ``$ATLAS_HOME`` may be a URL (``s3://bucket/prefix``, ``file:///path``, ...; options in
+    ``$ATLAS_STORAGE_OPTIONS``): then this is the local mirror the store is worked through.
+    """
     env = os.environ.get("ATLAS_HOME")
+    if env and is_url(env):
+        # A URL (s3://bucket/prefix, ...) is worked through a local mirror (store/remote.py),
+        # resolved once per process and settings (this is called on every path built).
+        settings = (env, *(os.environ.get(k, "") for k in _REMOTE_SETTINGS))
+        if settings not in _MIRROR_OF:
+            _MIRROR_OF[settings] = resolve_root(env, storage_options(), setting="ATLAS_HOME")
+        return _MIRROR_OF[settings]
     if env:
-        return Path(env).expanduser().resolve()
+        return resolve_root(env, setting="ATLAS_HOME")
     checkout = _checkout_root()
     return (checkout / "data" / "store") if checkout else Path.home() / ".atlas"
 
@@ -80,17 +101,80 @@ def dagster_home() -> Path:
     return Path(env).expanduser().resolve() if env else atlas_home() / ".dagster"
 
 
+# The Dagster instance's PostgreSQL database (run, event-log and schedule storage); unset, the
+# instance is SQLite in DAGSTER_HOME.
+DAGSTER_PG_URL = "ATLAS_DAGSTER_PG_URL"
+_WRITTEN_BY = "# Written by atlas-assets"
+_SQLITE_YAML = (
+    f"{_WRITTEN_BY}: default SQLite storage in this folder.\ntelemetry:\n  enabled: false\n"
+)
+# The URL stays in the environment (Dagster reads it there at every start), never in the file.
+_POSTGRES_YAML = (
+    f"{_WRITTEN_BY}: run, event-log and schedule storage in the PostgreSQL database\n"
+    f"# of ${DAGSTER_PG_URL} (rewritten when that variable is set or unset; delete these\n"
+    "# comment lines to keep your own edits).\n"
+    "storage:\n"
+    "  postgres:\n"
+    "    postgres_url:\n"
+    f"      env: {DAGSTER_PG_URL}\n"
+    "telemetry:\n  enabled: false\n"
+)
+
+
+def check_dagster_pg_url() -> str | None:
+    """``$ATLAS_DAGSTER_PG_URL`` checked (its form, then a connection), writing nothing; ``None``
+    when unset (SQLite). A ``ValueError`` or ``DatabaseUnavailable`` names the setting."""
+    url = os.environ.get(DAGSTER_PG_URL, "").strip()
+    if url:
+        from atlas_assets.lib.pg import check_reachable, check_url
+
+        check_reachable(check_url(url, DAGSTER_PG_URL, driver="psycopg2"), DAGSTER_PG_URL)
+    return url or None
+
+
 def ensure_dagster_home() -> Path:
     """Create the Dagster instance folder with a ``dagster.yaml`` (telemetry off: nothing leaves
-    this machine) unless one exists; returns the folder."""
+    this machine); returns the folder.
+
+    With ``$ATLAS_DAGSTER_PG_URL`` set (``postgresql+psycopg2://user:password@host/db``: the
+    driver dagster-postgres needs), the instance stores runs, event logs and schedules in that
+    PostgreSQL database (``dagster-postgres``), checked here first: a malformed URL is a
+    ``ValueError`` and an unreachable database or wrong credentials a ``DatabaseUnavailable``,
+    both naming the setting, before anything is written. A ``dagster.yaml`` this function wrote
+    follows the variable (set after a first local run, the instance switches to PostgreSQL and
+    says so); one the user wrote is left alone, unless the variable is set and the file does not
+    configure PostgreSQL storage, which is refused rather than silently ignored.
+    """
+    url = check_dagster_pg_url()
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(
-            "# Written by atlas-assets: default SQLite storage in this folder.\n"
-            "telemetry:\n  enabled: false\n"
+    wanted = _POSTGRES_YAML if url else _SQLITE_YAML
+    current = config.read_text() if config.exists() else None
+    if current == wanted:
+        return home
+    if current is not None and not current.startswith(_WRITTEN_BY):
+        if url and "postgres" not in current:
+            raise ValueError(
+                f"{DAGSTER_PG_URL} is set but {config} (not written by atlas-assets) does not "
+                f"configure PostgreSQL storage: add 'storage: {{postgres: {{postgres_url: "
+                f"{{env: {DAGSTER_PG_URL}}}}}}}' to it, or remove it to have it written"
+            )
+        return home
+    if current is not None:
+        import warnings
+
+        where = "PostgreSQL ($ATLAS_DAGSTER_PG_URL)" if url else "SQLite in this folder"
+        warnings.warn(
+            f"the Dagster instance in {home} now stores its runs in {where}; the runs recorded "
+            "before stay where they were, and each dataset's partition comes back at its next "
+            "build (atlas index)",
+            UserWarning,
+            stacklevel=2,
         )
+    tmp = config.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+    tmp.write_text(wanted)
+    os.replace(tmp, config)  # a reader sees the old file or the new one, never half of one
     return home
 
 
@@ -220,13 +304,23 @@ class DatasetPaths:
         crash between writing a revision and removing the one it replaces never shows both.
         """
         latest: dict[int, tuple[int, Path]] = {}
-        for f in self.shards.glob("[0-9]*.arrow") if self.shards.is_dir() else []:
+        for f in self.all_shard_files():
             match = SHARD_NAME.match(f.name)
             if match:
                 seq, rev = int(match[1]), int(match[2] or 0)
                 if seq not in latest or latest[seq][0] < rev:
                     latest[seq] = (rev, f)
-        return [latest[seq][1] for seq in sorted(latest)]
+        files = [latest[seq][1] for seq in sorted(latest)]
+        for f in files:
+            fetch(f)  # a remote store's shard, downloaded once (a no-op when local)
+        return files
+
+    def all_shard_files(self) -> list[Path]:
+        """Every shard file, superseded revisions included (on a remote store: its listing)."""
+        names = listing(self.shards)
+        if names is not None:
+            return [self.shards / n for n in names if n[:1].isdigit() and n.endswith(".arrow")]
+        return sorted(self.shards.glob("[0-9]*.arrow")) if self.shards.is_dir() else []
 
 
 def _paths(namespace: str | None, slug: str, home: Path | None) -> DatasetPaths:
@@ -270,7 +364,11 @@ def list_datasets(home: Path | None = None) -> list[DatasetPaths]:
     """Every dataset in the store, sorted by identifier."""
     base = (home or atlas_home()) / "datasets"
     found = []
-    for meta in sorted(base.glob("*/dataset.json")) + sorted(base.glob("*/*/dataset.json")):
+    remote = glob(base, "*/dataset.json")
+    metas = remote + glob(base, "*/*/dataset.json") if remote is not None else None
+    if metas is None:
+        metas = sorted(base.glob("*/dataset.json")) + sorted(base.glob("*/*/dataset.json"))
+    for meta in metas:
         rel = meta.parent.relative_to(base).parts
         found.append(dataset_paths("/".join(rel), home))
     return sorted(found, key=lambda p: p.identifier)

@@ -13,22 +13,40 @@ A run that rebuilt only some resources (one asset materialized from the Dagster 
 committed only if the map it read is still the published one; otherwise it would publish
 resources derived from a map that no longer exists, and :class:`SupersededError` says so.
 
-The same shape serves an object store, which has no rename: each object is written once under a
-new name, and the manifest is one small put.
+The same shape serves an object store, which has no rename (``store/remote.py``): each object
+is uploaded once under a new name as it is written, the commit checks they are all there, and
+the manifest is one small PUT, conditional on S3 on the ETag the committer read, so two
+machines' commits never overwrite each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from atlas_assets.store.files import clean_temp_files, locked, now_iso, read_json, write_json
+from atlas_assets.store.files import (
+    clean_temp_files,
+    locked,
+    now_iso,
+    read_json,
+    remove_file,
+    write_json,
+)
 from atlas_assets.store.layout import DatasetPaths, resource_key
+from atlas_assets.store.remote import (
+    ConflictError,
+    fetch,
+    remote_of,
+    remove_tree,
+    upload_missing,
+    version_tag,
+)
 
 BUILD_DOC = "build.json"
 _DROPPED = ".dropped"
@@ -39,6 +57,7 @@ GRACE_SECONDS = 600.0
 # nothing was written to it for this long (normally the publishing sensor discards it sooner).
 ABANDONED_SECONDS = 24 * 3600.0
 _HISTORY = 100  # committed build ids remembered, so committing one twice changes nothing
+_CAS_ATTEMPTS = 5  # commits retried when another machine replaced the manifest meanwhile
 
 
 class SupersededError(RuntimeError):
@@ -60,6 +79,8 @@ class PublishedMap:
     config: dict[str, Any] | None  # the index configuration the map was built with
     retired: dict[str, float] = field(default_factory=dict)  # unnamed entries -> since when
     history: tuple[str, ...] = ()  # committed builds, oldest first
+    # The manifest object's ETag when a writer read it (see _current); None: write it plainly.
+    etag: str | None = field(default=None, compare=False)
 
     def path(self, key: str) -> Path:
         """The file of resource ``key`` (see :func:`resource_key`); a path that does not exist
@@ -67,7 +88,9 @@ class PublishedMap:
         rel = self.resources.get(key)
         if rel is None:
             return self.paths.resources / "unpublished" / f"{key}.arrow"
-        return self.paths.resources / rel
+        path = self.paths.resources / rel
+        fetch(path)  # on a remote store: downloaded once into the read cache, by build id
+        return path
 
     @property
     def stamp(self) -> tuple:
@@ -90,6 +113,8 @@ def published(paths: DatasetPaths) -> PublishedMap:
         if paths.resources.is_dir():
             legacy = {f.name[: -len(".arrow")]: f.name for f in paths.resources.glob("*.arrow")}
         return PublishedMap(paths, 0, None, legacy, None)
+    if remote_of(paths.manifest) is not None:
+        _prune_read_cache(paths, doc)
     return PublishedMap(
         paths,
         int(doc["generation"]),
@@ -99,6 +124,17 @@ def published(paths: DatasetPaths) -> PublishedMap:
         dict(doc.get("retired", {})),
         tuple(doc.get("history", ())),
     )
+
+
+def _prune_read_cache(paths: DatasetPaths, doc: dict[str, Any]) -> None:
+    """Remove this machine's copies of builds a remote manifest retired more than the grace
+    period ago (their objects are gone or going; a reader that opened them has them mapped)."""
+    now = time.time()
+    in_use = {_top(rel) for rel in doc.get("resources", {}).values()}
+    for top, since in doc.get("retired", {}).items():
+        local = paths.resources / top
+        if top not in in_use and now - since >= grace_seconds() and local.exists():
+            shutil.rmtree(local, ignore_errors=True)
 
 
 def _map_config(paths: DatasetPaths) -> dict[str, Any] | None:
@@ -209,6 +245,14 @@ def _top(rel: str) -> str:
     return "/".join(parts[:2]) if parts[0] == "builds" else parts[0]
 
 
+def _current(paths: DatasetPaths) -> PublishedMap:
+    """The published map as a writer (holding the publish lock) reads it: on S3 with the
+    manifest's ETag, taken first, so the manifest is replaced only if no other machine
+    replaced it since (a compare-and-swap; :class:`~atlas_assets.store.remote.ConflictError`)."""
+    tag = version_tag(paths.manifest)
+    return replace(published(paths), etag=tag)
+
+
 def _write_manifest(paths: DatasetPaths, current: PublishedMap, **changes: Any) -> None:
     doc = {
         "format": 1,
@@ -221,7 +265,7 @@ def _write_manifest(paths: DatasetPaths, current: PublishedMap, **changes: Any) 
         "history": list(current.history)[-_HISTORY:],
     }
     doc.update(changes)
-    write_json(paths.manifest, doc)
+    write_json(paths.manifest, doc, expect=current.etag)
 
 
 def _chain_docs(paths: DatasetPaths, build: str) -> list[tuple[str, dict[str, Any]]]:
@@ -243,9 +287,23 @@ def commit(paths: DatasetPaths, build: str) -> PublishedMap:
     Committing a build twice, or one that wrote nothing, changes nothing. Raises
     :class:`SupersededError` (and publishes nothing) if the build rebuilt only part of the map
     and another build was published since it started reading.
+
+    On S3 the manifest is replaced by a conditional PUT: if another machine published meanwhile,
+    the commit is worked out again over what it published (a few times at most).
     """
+    for attempt in range(_CAS_ATTEMPTS):
+        try:
+            return _commit(paths, build)
+        except ConflictError:
+            if attempt == _CAS_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _commit(paths: DatasetPaths, build: str) -> PublishedMap:
     with locked(paths.publish_lock):
-        current = published(paths)
+        current = _current(paths)
         chain = _chain_docs(paths, build)
         if not chain or _settled(current, build):
             return current
@@ -262,6 +320,8 @@ def commit(paths: DatasetPaths, build: str) -> PublishedMap:
                 resources.pop(key, None)
             else:
                 resources[key] = rel
+        for name, _ in chain:  # every file the manifest will name is on the store first
+            upload_missing(paths.build_dir(name))
         base = min(doc.get("base", 0) for _, doc in chain)
         if base != current.generation and not set(current.resources) <= set(staged):
             _discard_locked(paths, current, [name for name, _ in chain])
@@ -313,10 +373,17 @@ def _discard_locked(paths: DatasetPaths, current: PublishedMap, builds: list[str
 def discard(paths: DatasetPaths, build: str) -> None:
     """Give up build ``build`` (its run failed): it is never published and its folder goes
     after the grace period (a re-execution of the run may still read it until then)."""
-    with locked(paths.publish_lock):
-        current = published(paths)
-        if not _settled(current, build):
-            _discard_locked(paths, current, [build])
+    for attempt in range(_CAS_ATTEMPTS):
+        with locked(paths.publish_lock):
+            current = _current(paths)
+            if _settled(current, build):
+                return
+            try:
+                _discard_locked(paths, current, [build])
+                return
+            except ConflictError:
+                if attempt == _CAS_ATTEMPTS - 1:
+                    raise
 
 
 def pending_builds(paths: DatasetPaths) -> list[str]:
@@ -365,12 +432,14 @@ def collect_garbage(paths: DatasetPaths) -> list[str]:
     committed or discarded go once their writer is gone and they are a day old; temporary
     files of killed writers go as in :func:`~atlas_assets.store.files.clean_temp_files`.
     """
-    if not paths.manifest.is_file():
+    try:
+        read_json(paths.manifest)
+    except FileNotFoundError:
         return []
     removed = []
     now = time.time()
     with locked(paths.publish_lock):
-        current = published(paths)
+        current = _current(paths)
         in_use = {_top(rel) for rel in current.resources.values()}
         retired = dict(current.retired)
         for top, since in current.retired.items():
@@ -378,10 +447,10 @@ def collect_garbage(paths: DatasetPaths) -> list[str]:
                 continue
             if top not in in_use:
                 target = paths.resources / top
-                if target.is_dir():
-                    shutil.rmtree(target, ignore_errors=True)
+                if target.is_dir() or top.startswith("builds/"):
+                    remove_tree(target)
                 else:
-                    target.unlink(missing_ok=True)
+                    remove_file(target)
                 removed.append(top)
             del retired[top]
         builds = paths.resources / "builds"
@@ -392,9 +461,12 @@ def collect_garbage(paths: DatasetPaths) -> list[str]:
             doc = _build_doc(paths, folder.name) or {}
             alive = process_alive(doc.get("host"), doc.get("pid"), doc.get("started"))
             if alive is not True and now - _newest_mtime(folder) > ABANDONED_SECONDS:
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_tree(folder)
                 removed.append(top)
         if retired != current.retired:
-            _write_manifest(paths, current, retired=retired)
+            # Another machine's commit won meanwhile: its manifest still lists what went here,
+            # and the next collection drops it.
+            with contextlib.suppress(ConflictError):
+                _write_manifest(paths, current, retired=retired)
         clean_temp_files(paths.resources)
     return removed

@@ -65,6 +65,10 @@ def explorer_map(tmp_path_factory: pytest.TempPathFactory, arxiv: pd.DataFrame):
         ds = AtlasDataset(DATASET, unique_id_field="arxiv_id")
         ds.add_data(frame)
         atlas_map = ds.create_index(indexed_field="title")
+        # What the zoom test relies on: topics at two depths, and depth 2 splits some topic.
+        topics = atlas_map.topics.df
+        assert atlas_map.topics.depth >= 2
+        assert set(topics["topic_depth_2"]) != set(topics["topic_depth_1"])
         ids = atlas_map.data.tb.column(0).to_pylist()
         yield ExplorerMap(root, DATASET, ids, ids.index(PAYLOAD_ID))
 

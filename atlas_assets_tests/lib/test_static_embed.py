@@ -79,3 +79,16 @@ def test_the_mode_is_validated_and_keys_the_cache():
         embed_texts(["x"], mode="fast")
     assert model_key(mode="static") != model_key() == model_key(mode="transformer")
     assert model_key(mode="static").startswith(model_key())
+
+
+def test_the_static_path_never_imports_the_front_door():
+    """Imports go one way, embed -> static_embed -> models: in a fresh interpreter, loading
+    static_embed and naming a static model leaves lib.embed unimported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, atlas_assets.lib.static_embed as s; s.static_key(); s.model_file(); "
+        "assert 'atlas_assets.lib.embed' not in sys.modules, 'static_embed imports lib.embed'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

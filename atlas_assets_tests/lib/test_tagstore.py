@@ -1,26 +1,68 @@
-"""Tests for the SQLite tag store: semantics, validation, concurrency and durability."""
+"""Tests for the tag store: semantics, validation, concurrency and durability.
+
+The promises are tested on both backends, SQLite (the local default) and PostgreSQL (a real
+server, see the ``postgres`` fixture): ``new_store`` makes a store of the backend the test is
+parametrized with. SQLite's own mechanics (WAL, schema version, its file) are tested apart.
+"""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from atlas_assets.lib.tagstore import MAX_TAG_NAME, PALETTE, SCHEMA_VERSION, TagStore
+from atlas_assets.lib.tagstore import (
+    MAX_TAG_NAME,
+    PALETTE,
+    SCHEMA_VERSION,
+    BaseTagStore,
+    TagStore,
+)
 
 IDS = [f"d{i:05d}" for i in range(1000)]
+BACKENDS = ["sqlite", "postgres"]
+_names = itertools.count()
+
+
+@pytest.fixture(params=BACKENDS)
+def new_store(request, tmp_path) -> Callable[..., BaseTagStore]:
+    """Makes a store of the test's backend: each call a new, empty one (a new SQLite file, or a
+    new dataset key in the shared PostgreSQL database); ``again(store)`` reopens one."""
+    if request.param == "postgres":
+        from atlas_assets.lib.tagstore_pg import PostgresTagStore
+
+        url = request.getfixturevalue("tags_db")
+
+        def make(valid_ids=None) -> BaseTagStore:
+            return PostgresTagStore(url, f"ds-{next(_names)}", valid_ids=valid_ids)
+
+    else:
+
+        def make(valid_ids=None) -> BaseTagStore:
+            return TagStore(tmp_path / f"tags{next(_names)}.sqlite", valid_ids=valid_ids)
+
+    return make
+
+
+def again(store: BaseTagStore) -> BaseTagStore:
+    """A fresh object over the same stored tags."""
+    if isinstance(store, TagStore):
+        return TagStore(store.path)
+    return type(store)(store.url, store.dataset)
 
 
 @pytest.fixture
-def store(tmp_path) -> TagStore:
+def store(new_store) -> BaseTagStore:
     valid = set(IDS)
-    return TagStore(tmp_path / "tags.sqlite", valid_ids=lambda: valid)
+    return new_store(valid_ids=lambda: valid)
 
 
 def snapshot(store: TagStore) -> tuple[list[dict], dict[str, list[str]]]:
@@ -121,9 +163,9 @@ def test_memberships_aligned_to_ids(store):
     assert store.memberships([])["odd"].shape == (0,)
 
 
-def test_accepts_numpy_and_arrow_inputs(tmp_path):
+def test_accepts_numpy_and_arrow_inputs(new_store):
     valid = pa.array(IDS)
-    store = TagStore(tmp_path / "tags.sqlite", valid_ids=lambda: valid)
+    store = new_store(valid_ids=lambda: valid)
     assert store.add(np.array(IDS[:4]), "np") == 4
     assert store.add(pa.array(IDS[4:6]), "np") == 2
     assert all(type(i) is str for i in store.get_datums_in_tag("np"))
@@ -132,10 +174,12 @@ def test_accepts_numpy_and_arrow_inputs(tmp_path):
     assert store.counts() == {"np": 6}
 
 
-def test_without_validation_any_string_id_is_stored(tmp_path):
-    store = TagStore(tmp_path / "tags.sqlite")
-    assert store.add(["anything", "ünïcode id", "42"], "t") == 3
-    assert store.get_datums_in_tag("t") == sorted(["anything", "ünïcode id", "42"])
+def test_without_validation_any_string_id_is_stored(new_store):
+    store = new_store()
+    ids = ["anything", "ünïcode id", "42", "Zed", "a b", "émoji 🙂", "_x"]
+    assert store.add(ids, "t") == len(ids)
+    # Sorted as Python sorts (code points), whatever the database's locale.
+    assert store.get_datums_in_tag("t") == sorted(ids)
 
 
 # -- validation: clear errors, nothing written ----------------------------------------------
@@ -186,7 +230,8 @@ def test_validation_errors_write_nothing(store, call, message):
 def test_failure_mid_transaction_rolls_back(store, monkeypatch):
     store.add(IDS[:3], "t")
     before = snapshot(store)
-    real = TagStore._create_in
+    cls = type(store)
+    real = cls._create_in
     calls = []
 
     def flaky(self, con, name, *args):
@@ -195,7 +240,7 @@ def test_failure_mid_transaction_rolls_back(store, monkeypatch):
             raise RuntimeError("boom")
         return real(self, con, name, *args)
 
-    monkeypatch.setattr(TagStore, "_create_in", flaky)
+    monkeypatch.setattr(cls, "_create_in", flaky)
     # The first tag gets created and filled before the second fails: all of it must vanish.
     with pytest.raises(RuntimeError, match="boom"):
         store.add(IDS[:10], ["new", "t"])
@@ -206,16 +251,21 @@ def test_failure_mid_transaction_rolls_back(store, monkeypatch):
 # -- durability -----------------------------------------------------------------------------
 
 
-def test_persists_across_reopen(tmp_path):
-    path = tmp_path / "tags.sqlite"
-    first = TagStore(path)
+def test_persists_across_reopen(new_store):
+    first = new_store()
     first.add(IDS[:50], ["a", "b"])
     first.remove(IDS[:10], "b")
     tags = first.get_tags()
+    reopened = again(first)
     del first
-    again = TagStore(path)
-    assert again.get_tags() == tags
-    assert again.get_datums_in_tag("b") == IDS[10:50]
+    assert reopened.exists()
+    assert reopened.get_tags() == tags
+    assert reopened.get_datums_in_tag("b") == IDS[10:50]
+
+
+def test_sqlite_file_is_wal_with_a_schema_version(tmp_path):
+    path = tmp_path / "tags.sqlite"
+    TagStore(path).add(IDS[:5], "a")
     con = sqlite3.connect(path)
     try:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -239,10 +289,10 @@ def test_missing_directory_is_a_clear_error(tmp_path):
         TagStore(tmp_path / "nope" / "tags.sqlite").get_tags()
 
 
-def test_large_batch_is_fast(tmp_path):
+def test_large_batch_is_fast(new_store):
     ids = [f"row-{i}" for i in range(200_000)]
     valid = frozenset(ids)
-    store = TagStore(tmp_path / "tags.sqlite", valid_ids=lambda: valid)
+    store = new_store(valid_ids=lambda: valid)
     start = time.perf_counter()
     assert store.add(ids[:100_000], ["big", "big2"]) == 200_000
     assert store.add(ids[50_000:150_000], "big") == 50_000
@@ -256,8 +306,7 @@ def test_large_batch_is_fast(tmp_path):
 # -- concurrency ----------------------------------------------------------------------------
 
 
-def _add_worker(store_or_path, worker: int, n: int, barrier) -> None:
-    store = store_or_path if isinstance(store_or_path, TagStore) else TagStore(store_or_path)
+def _add_worker(store: BaseTagStore, worker: int, n: int, barrier) -> None:
     ids = [f"w{worker}-{i}" for i in range(n)]
     barrier.wait()
     # Many small transactions so the writers really interleave.
@@ -268,18 +317,16 @@ def _add_worker(store_or_path, worker: int, n: int, barrier) -> None:
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])
-def test_concurrent_writers_lose_nothing(tmp_path, method):
+def test_concurrent_writers_lose_nothing(new_store, method):
     if method not in mp.get_all_start_methods():
         pytest.skip(f"{method} not available")
     ctx = mp.get_context(method)
-    path = tmp_path / "tags.sqlite"
     # spawn children re-import numpy/pyarrow/pytest (~2 s each on 2 cores): two suffice there.
     n_proc, n = (2 if method == "spawn" else 4), 300
-    # spawn: every child opens a brand-new file (racing to create the schema);
-    # fork: children inherit one TagStore object created (and used) in the parent.
-    target: TagStore | object = path
+    # spawn: every child opens a brand-new store (racing to create the file and schema);
+    # fork: children inherit one store object created (and used) in the parent.
+    target = new_store()
     if method == "fork":
-        target = TagStore(path)
         target.replace_members("shared", [])
     barrier = ctx.Barrier(n_proc)
     procs = [ctx.Process(target=_add_worker, args=(target, w, n, barrier)) for w in range(n_proc)]
@@ -288,7 +335,7 @@ def test_concurrent_writers_lose_nothing(tmp_path, method):
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0] * n_proc
-    store = TagStore(path)
+    store = again(target)
     expected = sorted(f"w{w}-{i}" for w in range(n_proc) for i in range(n))
     assert store.get_datums_in_tag("shared") == expected
     assert store.counts()["shared"] == n_proc * n
@@ -297,11 +344,11 @@ def test_concurrent_writers_lose_nothing(tmp_path, method):
     }
 
 
-def test_concurrent_threads_share_one_store(tmp_path):
-    # Fresh files each round: threads racing to create the file and switch it to WAL is where
+def test_concurrent_threads_share_one_store(new_store):
+    # Fresh stores each round: threads racing to create the file and switch it to WAL is where
     # SQLite fails fast instead of waiting, so this is the case worth repeating.
-    for round_ in range(10):
-        store = TagStore(tmp_path / f"tags{round_}.sqlite")
+    for _round in range(10):
+        store = new_store()
         barrier = threading.Barrier(4)
         errors: list[BaseException] = []
 
@@ -325,23 +372,21 @@ def test_concurrent_threads_share_one_store(tmp_path):
 BATCH = 20_000
 
 
-def _batch_writer(path, batches: int, started) -> None:
-    store = TagStore(path)
+def _batch_writer(store: BaseTagStore, batches: int, started) -> None:
     started.set()
     for b in range(batches):
         store.add([f"b{b}-{i}" for i in range(BATCH)], ["x", "y"])
 
 
-def test_reader_sees_all_or_nothing(tmp_path):
-    path = tmp_path / "tags.sqlite"
-    store = TagStore(path)
+def test_reader_sees_all_or_nothing(new_store):
+    store = new_store()
     store.replace_members("x", [])
     store.replace_members("y", [])
     # fork starts in milliseconds; spawn works too where fork is unavailable.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     started = ctx.Event()
     batches = 8
-    proc = ctx.Process(target=_batch_writer, args=(path, batches, started))
+    proc = ctx.Process(target=_batch_writer, args=(store, batches, started))
     proc.start()
     assert started.wait(60)
     seen = set()
@@ -360,3 +405,59 @@ def test_reader_sees_all_or_nothing(tmp_path):
     assert proc.exitcode == 0
     assert store.counts() == {"x": batches * BATCH, "y": batches * BATCH}
     assert seen  # the reader really ran while the writer was writing
+
+
+def _add_and_remove(store: BaseTagStore, worker: int, n: int, barrier) -> None:
+    barrier.wait()
+    for i in range(n):
+        # A membership and a tag of its own per step; every other step takes both back.
+        store.add([f"w{worker}-{i}"], ["shared", f"w{worker}-t{i}"])
+        if i % 2:
+            store.remove([f"w{worker}-{i}"], "shared")
+            store.remove(None, f"w{worker}-t{i}", delete_all=True)
+
+
+def test_two_processes_adding_and_removing_500_tags_lose_nothing(new_store):
+    """The issue's bar, on each backend: 2 processes, 500 tags each, added and half removed,
+    interleaved; every surviving membership and tag is there, every removed one is gone."""
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    store, n = new_store(), 500
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_add_and_remove, args=(store, w, n, barrier)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    kept = [(w, i) for w in range(2) for i in range(n) if not i % 2]
+    assert store.get_datums_in_tag("shared") == sorted(f"w{w}-{i}" for w, i in kept)
+    counts = store.counts()
+    assert set(counts) == {"shared"} | {f"w{w}-t{i}" for w, i in kept}
+    assert all(counts[f"w{w}-t{i}"] == 1 for w, i in kept)
+
+
+def _create_in_step(store: BaseTagStore, worker: int, rounds: int, barrier) -> None:
+    for i in range(rounds):
+        barrier.wait(60)  # both writers create the same new tag at the same moment
+        store.add([f"w{worker}"], f"t{i}")
+
+
+def test_writers_creating_the_same_tag_at_once_both_succeed(new_store):
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    store, rounds = new_store(), 60
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_create_in_step, args=(store, w, rounds, barrier)) for w in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert store.counts() == {f"t{i}": 2 for i in range(rounds)}
+    # Each tag was made once: one id, one colour in creation order.
+    tags = store.get_tags()
+    assert len({t["tag_id"] for t in tags}) == rounds
+    assert [t["metadata"]["color"] for t in tags] == [
+        PALETTE[i % len(PALETTE)] for i in range(rounds)
+    ]

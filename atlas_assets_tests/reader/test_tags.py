@@ -1,7 +1,12 @@
-"""AtlasMapTags over the live store: round trips, concurrency, re-indexing, bad input."""
+"""AtlasMapTags over the live store: round trips, concurrency, re-indexing, bad input.
+
+Every test runs on both backends: SQLite beside the data (the default) and PostgreSQL
+(``ATLAS_TAGS_URL``, a fresh database on the session's real server per test).
+"""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import shutil
 
@@ -9,6 +14,19 @@ import pytest
 
 from atlas_assets import AtlasDataset
 from atlas_assets.cli import main
+
+_databases = itertools.count()
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgres"])
+def tags_backend(request, monkeypatch) -> str:
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres")
+        url = server.create_database(f"reader_tags_{next(_databases)}")
+        monkeypatch.setenv("ATLAS_TAGS_URL", url)
+    else:
+        monkeypatch.delenv("ATLAS_TAGS_URL", raising=False)
+    return request.param
 
 
 @pytest.fixture
@@ -20,8 +38,9 @@ def tagged(built, store):
     return copy, copy.maps[0], frame
 
 
-def test_round_trip_add_get_remove(tagged):
+def test_round_trip_add_get_remove(tagged, tags_backend):
     ds, atlas_map, frame = tagged
+    had_file = ds._paths.tag_db.exists()
     ids = frame["arxiv_id"][:5].tolist()
     assert atlas_map.tags.add(ids, "physics") == 5
     assert atlas_map.tags.add(ids[:2], ["physics", "review"]) == 2
@@ -36,6 +55,11 @@ def test_round_trip_add_get_remove(tagged):
     assert len(atlas_map.tags.get_datums_in_tag("physics")) == 4
     atlas_map.tags.remove(None, "review", delete_all=True)
     assert [t["tag_name"] for t in atlas_map.tags.get_tags()] == ["physics"]
+    # The backend really is the one configured: PostgreSQL leaves the SQLite file alone.
+    if tags_backend == "postgres":
+        assert ds._paths.tag_db.exists() == had_file
+    else:
+        assert ds._paths.tag_db.exists()
 
 
 def test_df_is_aligned_to_the_map(tagged):

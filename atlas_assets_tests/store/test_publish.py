@@ -26,6 +26,7 @@ from atlas_assets.store import (
 )
 from atlas_assets.store import files as store_files
 from atlas_assets.store.publish import collect_garbage, discard, pending_builds
+from atlas_assets.store.remote import resolve_root
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = ("dataset", "projected", "topics")
@@ -43,7 +44,7 @@ def value(path: Path) -> int:
 
 
 def values(paths, names=FULL) -> dict[str, int]:
-    current = published(paths)
+    current = published(READERS.get(paths.root, paths))
     return {n: value(current.path(n)) for n in names if n in current.resources}
 
 
@@ -54,9 +55,25 @@ def build(paths, run_id: str, number: int, names=FULL):
     return run
 
 
-@pytest.fixture
-def paths(tmp_path):
-    return dataset_paths("pub", tmp_path)
+# On S3, what a reader sees is read through a second mirror (another machine's read cache).
+READERS: dict[Path, object] = {}
+
+
+@pytest.fixture(params=["local", "s3"])
+def paths(request, tmp_path):
+    """One dataset's paths on a local store, and on S3 (moto's server): the same tests hold."""
+    if request.param == "local":
+        return dataset_paths("pub", tmp_path)
+    server = request.getfixturevalue("s3_server")
+    # The reader asks the store on every read (by default a process trusts what it read for
+    # ATLAS_REFRESH_SECONDS, outside writers' locks).
+    request.getfixturevalue("monkeypatch").setenv("ATLAS_REFRESH_SECONDS", "0")
+    url, options = f"s3://{server.new_bucket()}/store", server.options()
+    writer = dataset_paths("pub", resolve_root(url, options, setting="t", cache=tmp_path / "w"))
+    READERS[writer.root] = dataset_paths(
+        "pub", resolve_root(url, options, setting="t", cache=tmp_path / "r")
+    )
+    return writer
 
 
 def test_a_build_is_invisible_until_committed_then_published_at_once(paths):
@@ -151,6 +168,8 @@ def test_a_run_uses_the_configuration_it_started_with(paths):
 def test_superseded_files_go_after_the_grace_period_and_a_store_from_before_manifests_is_read(
     paths, monkeypatch
 ):
+    if paths.root in READERS:
+        pytest.skip("no store on S3 predates manifests")
     # A store written before manifests: resource files in the resources folder.
     write_resource(
         paths.resources / "dataset.arrow", pa.table({"v": [0]}), resource="d", dataset_version="v"
@@ -227,3 +246,30 @@ def test_temp_files_of_killed_writers_are_removed_those_of_live_ones_kept(tmp_pa
         for proc in writers:
             proc.kill()
             proc.wait()
+
+
+def test_commits_from_two_machines_at_once_never_lose_one(paths, monkeypatch):
+    if paths.root not in READERS:
+        pytest.skip("machines share only a remote store (one machine's commits take its lock)")
+    from atlas_assets.store import publish
+
+    other = READERS[paths.root]  # another machine's mirror of the same S3 store, writing too
+    commit(build(paths, "run-a", 1), "run-a")
+    build(other, "run-b", 2)
+    real, raced = publish._current, []
+
+    def racing(view):
+        """Machine B has read the manifest: machine A publishes before B writes it."""
+        current = real(view)
+        if view.root == other.root and not raced:
+            raced.append(current.generation)
+            commit(build(paths, "run-c", 3), "run-c")
+        return current
+
+    monkeypatch.setattr(publish, "_current", racing)
+    commit(other, "run-b")
+    assert raced == [1]
+    # B's commit was worked out again over A's: both are in the history, B's map is published.
+    assert published(paths).history == ("run-a", "run-c", "run-b")
+    assert published(paths).generation == 3
+    assert values(paths) == {"dataset": 2, "projected": 2, "topics": 2}

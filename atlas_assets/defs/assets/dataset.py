@@ -1,13 +1,10 @@
-from time import perf_counter
-
 import dagster as dg
 import pyarrow.compute as pc
 
-from atlas_assets.defs.assets.common import ASSET_DEFAULTS
-from atlas_assets.defs.reporting import table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import id_changes
-from atlas_assets.store import read_resource, write_resource
+from atlas_assets.store import write_resource
 from atlas_assets.store.datasets import load_meta, read_shards, snapshot
 
 
@@ -18,10 +15,10 @@ def dataset(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Material
     Its data version is the content hash of the shards, so an unchanged dataset leaves every
     downstream resource in sync.
     """
-    start = perf_counter()
     paths = store.paths(context.partition_key)
     meta = load_meta(paths)
     names, version = snapshot(paths)
+    build = Build(paths, version)
     if meta is None or not names:
         raise dg.Failure(f"dataset {paths.identifier!r} has no data: run `atlas add` first")
     table = read_shards(paths, names=names)
@@ -34,20 +31,20 @@ def dataset(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Material
     ]
     table = table.select(columns)
     params = {"shards": names, "id_field": id_field}
-    previous = paths.resource("dataset")
-    before = read_resource(previous).column(0).to_pylist() if previous.is_file() else None
-    changes = id_changes(before, table.column(id_field).to_pylist())
-    write_resource(
-        paths.output("dataset"), table, resource="dataset", dataset_version=version, params=params
+    before = build.previous("dataset")
+    changes = id_changes(
+        before.column(0).to_pylist() if before is not None else None,
+        table.column(id_field).to_pylist(),
     )
+    write_resource(build.output("dataset"), table, resource="dataset", **build.lineage(params))
     context.log.info(f"{paths.identifier}: {table.num_rows} rows from {len(names)} shards")
-    return dg.MaterializeResult(
+    return build.result(
+        table,
         metadata={
-            **table_metadata(table, seconds=perf_counter() - start),
             "dataset_version": version,
             "shards": len(names),
             "rows_added": changes["added"],
             "rows_removed": changes["removed"],
         },
-        data_version=dg.DataVersion(version),
+        version=dg.DataVersion(version),
     )

@@ -1,20 +1,9 @@
-from time import perf_counter
-
 import dagster as dg
-import pyarrow as pa
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-)
-from atlas_assets.defs.reporting import table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
 from atlas_assets.defs.resources import AtlasStore
-from atlas_assets.options import NomicProjectOptions
-from atlas_assets.store import write_resource
-from atlas_assets.store.datasets import map_config
-from atlas_assets.store.files import fixed_list, matrix
+from atlas_assets.store.datasets import index_config
+from atlas_assets.store.resources import read_ids, read_latent, write_knn
 
 # Neighbours kept per datum: enough for UMAP, duplicate search and topic posteriors alike.
 MIN_NEIGHBORS = 30
@@ -33,34 +22,11 @@ def knn_graph(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     # Imported here: numba compiles on import, and the definitions load on every UI reload.
     from atlas_assets.lib.knn import knn_graph as build_knn_graph
 
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    latent = read_input(paths, "latent", version)
-    projection = NomicProjectOptions(**(map_config(paths).get("projection") or {}))
+    build = Build.start(context, store)
+    ids = build.read("latent", read_ids)
+    projection = index_config(build.paths).projection
     k = max(MIN_NEIGHBORS, projection.umap_params()["n_neighbors"] - 1)
-    graph = build_knn_graph(matrix(latent.column("embedding")), k)
-    id_field = latent.column_names[0]
-    table = pa.table(
-        {
-            id_field: latent.column(id_field),
-            "neighbors": fixed_list(graph.indices),
-            "distances": fixed_list(graph.distances),
-        }
-    )
+    graph = build_knn_graph(build.read("latent", read_latent), k)
     params = {"k": k}
-    write_resource(
-        paths.output("knn_graph"),
-        table,
-        resource="knn_graph",
-        dataset_version=version,
-        params=params,
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(
-                table.select([id_field]), seconds=perf_counter() - start, params=params
-            )
-        },
-        data_version=data_version(version, params),
-    )
+    write_knn(build.output("knn_graph"), ids, graph, **build.lineage(params))
+    return build.result(ids, params=params)

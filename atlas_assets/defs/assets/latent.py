@@ -1,27 +1,21 @@
 from collections.abc import Callable
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-)
-from atlas_assets.defs.reporting import table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
 from atlas_assets.defs.resources import AtlasStore, DaskCluster
 from atlas_assets.lib import embed, static_embed
 from atlas_assets.options import NomicEmbedOptions
-from atlas_assets.store import resource_info, write_resource
+from atlas_assets.store import resource_info
 from atlas_assets.store.cache import EmbeddingCache
-from atlas_assets.store.datasets import EMBEDDING_COLUMN, map_config, read_shards
-from atlas_assets.store.files import fixed_list, matrix
+from atlas_assets.store.datasets import EMBEDDING_COLUMN, index_config, read_shards
+from atlas_assets.store.files import matrix
 from atlas_assets.store.layout import embedding_cache_dir
+from atlas_assets.store.resources import write_latent
 
 
 def _in_process(
@@ -126,21 +120,18 @@ def latent(
     address (the ``dask`` resource or ``ATLAS_DASK_ADDRESS``), transformer texts are embedded as
     tasks on that cluster; uploaded vectors and the static mode never need it.
     """
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    data = read_input(paths, "dataset", version)
-    config = map_config(paths)
-    id_field = data.column_names[0]
-    shard_names = resource_info(paths.resource("dataset"))["params"]["shards"]
-    uploaded = read_shards(paths, [EMBEDDING_COLUMN], names=shard_names)
+    build = Build.start(context, store)
+    data = build.read("dataset")
+    config = index_config(build.paths)
+    shard_names = resource_info(build.paths.resource("dataset"))["params"]["shards"]
+    uploaded = read_shards(build.paths, [EMBEDDING_COLUMN], names=shard_names)
     cluster: dict[str, Any] = {}
     if EMBEDDING_COLUMN in uploaded.column_names:
         vectors = embed.normalize(matrix(uploaded.column(EMBEDDING_COLUMN)))
         params, embedded, cached = {"model": "uploaded embeddings"}, 0, 0
     else:
-        options = NomicEmbedOptions(**config.get("embedding", {}))
-        field = config["indexed_field"]
+        options = config.embedding
+        field = config.indexed_field
         texts = [t or "" for t in data.column(field).cast(pa.string()).to_pylist()]
         key = embed.model_key(options.model, options.mode)
         cache = EmbeddingCache(embedding_cache_dir(key, store.home()))
@@ -152,19 +143,15 @@ def latent(
         )
         vectors, embedded, cached = embed.embed_missing(texts, cache, encode)
         params = {**options.model_dump(), "indexed_field": field}
-    table = pa.table({id_field: data.column(id_field), "embedding": fixed_list(vectors)})
-    write_resource(
-        paths.output("latent"), table, resource="latent", dataset_version=version, params=params
-    )
-    return dg.MaterializeResult(
+    ids = data.select([0])
+    write_latent(build.output("latent"), ids, vectors, **build.lineage(params))
+    return build.result(
+        ids,
+        params=params,
         metadata={
-            **table_metadata(
-                table.select([id_field]), seconds=perf_counter() - start, params=params
-            ),
             "dimensions": int(vectors.shape[1]),
             "embedded_now": embedded,
             "from_cache": cached,
             **cluster,
         },
-        data_version=data_version(version, params),
     )

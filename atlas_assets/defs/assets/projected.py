@@ -1,23 +1,11 @@
-from time import perf_counter
-
 import dagster as dg
-import numpy as np
-import pyarrow as pa
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-    read_knn,
-)
-from atlas_assets.defs.reporting import png_markdown, table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
+from atlas_assets.defs.reporting import png_markdown
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.plot import map_png
-from atlas_assets.options import NomicProjectOptions
-from atlas_assets.store import write_resource
-from atlas_assets.store.datasets import map_config
-from atlas_assets.store.files import matrix
+from atlas_assets.store.datasets import index_config
+from atlas_assets.store.resources import read_ids, read_knn, read_latent, write_projected
 
 
 @dg.asset(
@@ -37,41 +25,19 @@ def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.Materi
     # Imported here: numba compiles on import, and the definitions load on every UI reload.
     from atlas_assets.lib.project import layout_name, project
 
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    latent = read_input(paths, "latent", version)
-    knn = read_knn(read_input(paths, "knn_graph", version))
-    options = NomicProjectOptions(**(map_config(paths).get("projection") or {}))
+    build = Build.start(context, store)
+    ids = build.read("latent", read_ids)
+    latent = build.read("latent", read_latent)
+    knn = build.read("knn_graph", read_knn)
+    options = index_config(build.paths).projection
     # The parameters as used (None resolved) and which implementation ran are recorded (and so
     # are part of the data version).
     params = {**options.model_dump(), **options.umap_params(), "layout": layout_name(options.model)}
-    context.log.info(f"projecting {latent.num_rows} points with UMAP ({params})")
-    coords = project(
-        matrix(latent.column("embedding")),
-        knn,
-        model=options.model,
-        **options.umap_params(),
-    )
-    id_field = latent.column_names[0]
-    table = pa.table(
-        {
-            id_field: latent.column(id_field),
-            "x": pa.array(np.ascontiguousarray(coords[:, 0])),
-            "y": pa.array(np.ascontiguousarray(coords[:, 1])),
-        }
-    )
-    write_resource(
-        paths.output("projected"),
+    context.log.info(f"projecting {len(latent)} points with UMAP ({params})")
+    coords = project(latent, knn, model=options.model, **options.umap_params())
+    table = write_projected(build.output("projected"), ids, coords, **build.lineage(params))
+    return build.result(
         table,
-        resource="projected",
-        dataset_version=version,
         params=params,
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(table, seconds=perf_counter() - start, params=params),
-            "map": png_markdown(map_png(coords, title=paths.identifier)),
-        },
-        data_version=data_version(version, params),
+        metadata={"map": png_markdown(map_png(coords, title=build.paths.identifier))},
     )

@@ -1,18 +1,10 @@
-from time import perf_counter
-
 import dagster as dg
 import pyarrow as pa
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-)
-from atlas_assets.defs.reporting import table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build, data_version
 from atlas_assets.defs.resources import AtlasStore
-from atlas_assets.lib.tagstore import TagStore
 from atlas_assets.store import write_resource
+from atlas_assets.store.tags import tag_store
 
 
 # After duplicates: the tag derived from them is set when a map is published
@@ -26,29 +18,26 @@ from atlas_assets.store import write_resource
 def tags(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
     """A snapshot of the live tag store: ``[id, <one bool column per tag>]`` in dataset order.
 
-    Tags are kept by datum id in the dataset's SQLite store (shared with Python and the map
-    explorer), so they survive re-indexing; this asset records their counts over time and lets
-    downstream assets depend on them.
+    Tags are kept by datum id in the dataset's live store (SQLite beside the data, or the
+    PostgreSQL database of ``ATLAS_TAGS_URL``; shared with Python and the map explorer), so
+    they survive re-indexing; this asset records their counts over time and lets downstream
+    assets depend on them.
     """
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    data = read_input(paths, "dataset", version)
+    build = Build.start(context, store)
+    paths = build.paths
+    data = build.read("dataset")
     ids = data.column(0)
-    members = TagStore(paths.tag_db).memberships(ids.to_pylist()) if paths.tag_db.exists() else {}
+    live = tag_store(paths)
+    members = live.memberships(ids.to_pylist()) if live.exists() else {}
     table = pa.table(
         {data.column_names[0]: ids, **{name: pa.array(mask) for name, mask in members.items()}}
     )
     counts = {name: int(mask.sum()) for name, mask in members.items()}
     params = {"tags": counts}
-    write_resource(
-        paths.output("tags"), table, resource="tags", dataset_version=version, params=params
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(table, seconds=perf_counter() - start),
-            "tag_counts": dg.MetadataValue.json(counts),
-            "tags": len(counts),
-        },
-        data_version=data_version(version, params),
+    write_resource(build.output("tags"), table, resource="tags", **build.lineage(params))
+    # The counts are metadata of their own, not "parameters"; they still make the data version.
+    return build.result(
+        table,
+        metadata={"tag_counts": dg.MetadataValue.json(counts), "tags": len(counts)},
+        version=data_version(build.version, params),
     )

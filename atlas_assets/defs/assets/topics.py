@@ -1,26 +1,19 @@
-from time import perf_counter
 from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from atlas_assets.defs.assets.common import (
-    ASSET_DEFAULTS,
-    data_version,
-    dataset_version,
-    read_input,
-    read_knn,
-)
-from atlas_assets.defs.reporting import png_markdown, table_metadata
+from atlas_assets.defs.assets.common import ASSET_DEFAULTS, Build
+from atlas_assets.defs.reporting import png_markdown
 from atlas_assets.defs.resources import AtlasStore
 from atlas_assets.lib.diff import label_changes
 from atlas_assets.lib.plot import map_png
 from atlas_assets.lib.topic_tables import datum_labels, hierarchy_table, topic_metadata
-from atlas_assets.options import NomicEmbedOptions, NomicTopicOptions
-from atlas_assets.store import read_resource, resource_info, write_resource
-from atlas_assets.store.datasets import map_config
-from atlas_assets.store.files import matrix
+from atlas_assets.options import NomicEmbedOptions
+from atlas_assets.store import resource_info, write_resource
+from atlas_assets.store.datasets import index_config
+from atlas_assets.store.resources import read_knn, read_latent, read_projected
 
 if TYPE_CHECKING:
     from atlas_assets.lib.topics import Encoder
@@ -70,23 +63,19 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
     # Imported here: lib.topics needs scipy, and the definitions load on every UI reload.
     from atlas_assets.lib.topics import build_topic_tree
 
-    start = perf_counter()
-    paths = store.paths(context.partition_key)
-    version = dataset_version(paths)
-    config = map_config(paths)
-    options = NomicTopicOptions(**(config.get("topic_model") or {"build_topic_model": False}))
-    if not options.build_topic_model:
+    build = Build.start(context, store)
+    paths = build.paths
+    config = index_config(paths)
+    options = config.topic_model
+    if not config.topics_enabled:
         for name in TOPIC_RESOURCES:
-            paths.drop(name)
-        for name in TOPIC_RESOURCES:
-            yield dg.MaterializeResult(asset_key=name, metadata={"enabled": False})
+            yield build.disabled(name)
         return
-    data = read_input(paths, "dataset", version)
-    latent = matrix(read_input(paths, "latent", version).column("embedding"))
-    knn = read_knn(read_input(paths, "knn_graph", version))
-    projected = read_input(paths, "projected", version)
-    coords = np.column_stack([projected.column("x").to_numpy(), projected.column("y").to_numpy()])
-    field = options.topic_label_field or config.get("indexed_field")
+    data = build.read("dataset")
+    latent = build.read("latent", read_latent)
+    knn = build.read("knn_graph", read_knn)
+    coords = build.read("projected", read_projected)
+    field = options.topic_label_field or config.indexed_field
     texts = (
         data.column(field).cast(pa.string()).fill_null("").to_pylist()
         if field
@@ -105,8 +94,7 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
     id_field = data.column_names[0]
     labels = datum_labels(tree)
     per_datum = pa.table({id_field: data.column(id_field), **labels})
-    previous = paths.resource("topics")
-    before = read_resource(previous).to_pandas() if previous.is_file() else None
+    before = build.previous("topics")
     params = {**options.model_dump(), "label_field": field, "depth": tree.depth}
     tables = {
         "topics": per_datum,
@@ -114,10 +102,8 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
         "hierarchy": hierarchy_table(tree),
     }
     for name, table in tables.items():
-        write_resource(
-            paths.output(name), table, resource=name, dataset_version=version, params=params
-        )
-    seconds = perf_counter() - start
+        write_resource(build.output(name), table, resource=name, **build.lineage(params))
+    seconds = build.seconds()
 
     depth1 = tree.topics[tree.topics["depth"] == 1].sort_values("size", ascending=False)
     centroids = [
@@ -145,6 +131,7 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
         ),
     }
     if before is not None:
+        before = before.to_pandas()
         summary["diff_depth_1"] = dg.MetadataValue.json(
             label_changes(
                 before[id_field],
@@ -155,13 +142,12 @@ def topic_model(context: dg.AssetExecutionContext, store: AtlasStore):
         )
     context.log.info(f"{len(tree.topics)} topics over {tree.depth} depths")
     for name, table in tables.items():
-        yield dg.MaterializeResult(
+        yield build.result(
+            table,
+            params=params,
+            metadata=summary if name == "topics" else None,
             asset_key=name,
-            metadata={
-                **table_metadata(table, seconds=seconds, params=params),
-                **(summary if name == "topics" else {}),
-            },
-            data_version=data_version(version, params),
+            seconds=seconds,
         )
 
 
