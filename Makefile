@@ -46,6 +46,7 @@ test: lint browser postgres
 bench: setup
 	$(BIN)/python -m benchmarks.embed
 	$(BIN)/python -m benchmarks.dask_embed
+	$(BIN)/python -m benchmarks.dask_knn
 	$(BIN)/python -m benchmarks.project
 	$(BIN)/python -m benchmarks.topics
 	$(BIN)/python -m benchmarks.duplicates

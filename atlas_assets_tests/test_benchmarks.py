@@ -140,3 +140,15 @@ def test_shared_store_benchmark_runs(capsys, monkeypatch, tmp_path):
     assert _last_line(capsys) == line
     assert LAST_LINE.match(line).group(1) == "shared_store"
     assert "open_ratio=" in line and "reader_rss=2000rows:" in line
+
+
+@pytest.mark.slow
+def test_dask_knn_benchmark_runs(capsys):
+    from benchmarks import dask_knn
+
+    line = dask_knn.main(["--quick", "--rounds", "1", "--block-rows", "20000"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "dask_knn"
+    # Blocks of query rows searched on the workers give the single-machine graph, row for row.
+    assert "identical=60000/60000,recall=1.0000," in line and "(ok)" in line
+    assert " model_limit=" in line

@@ -478,10 +478,25 @@ def _locality_order(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
 def _hnsw_search_in_order(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Every row's ``k`` nearest rows by HNSW, built and searched in ``_locality_order``, a block
     at a time so the permuted vectors are never copied whole."""
+    order, index = _hnsw_in_order(vectors)
+    return _search_in_order(index, vectors, order, k)
+
+
+def _hnsw_in_order(vectors: np.ndarray):
+    """``(order, index)``: the ``_locality_order`` of the rows and an HNSW index of them added
+    in that order (index position ``p`` holds row ``order[p]``)."""
     order = _locality_order(vectors)
     index = _hnsw_index(vectors.shape[1])
     for start in range(0, len(order), _BLOCK_ROWS):
         index.add(vectors[order[start : start + _BLOCK_ROWS]])
+    return order, index
+
+
+def _search_in_order(
+    index, vectors: np.ndarray, order: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's ``k`` nearest rows in the index of ``_hnsw_in_order``, searched in its order
+    (benchmarks/dask_knn.py searches the same blocks as Dask tasks)."""
     idx = np.empty((len(order), k), np.int64)
     dist = np.empty((len(order), k), np.float32)
     for start in range(0, len(order), _BLOCK_ROWS):
