@@ -50,7 +50,8 @@ while not stop.exists():
     try:
         m = AtlasDataset(name).maps[0]
         n = m.data.tb.num_rows
-        sizes = {len(m.embeddings.projected), len(m.topics.df), len(m.duplicates.df)}
+        sizes = {len(m.embeddings.projected), len(m.topics.df), len(m.duplicates.df),
+                 len(m.embeddings.latent)}
         seeds = (m.info("projected")["params"]["seed"], m.info("topics")["params"]["seed"])
         if sizes != {n} or seeds[0] != seeds[1]:
             mixed.append([n, sorted(sizes), seeds])

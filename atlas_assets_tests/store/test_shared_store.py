@@ -17,6 +17,7 @@ import pytest
 from atlas_assets import AtlasDataset
 from atlas_assets.store import RESOURCES, dataset_paths, published
 from atlas_assets_tests.conftest import store_at
+from atlas_assets_tests.reader.test_rebuild_crash import READER, REBUILD
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,37 +57,6 @@ second = read_all(sys.argv[1])
 print(json.dumps({"first": first, "second_equal": second == first,
                   "downloaded_again": sorted(set(cached().items()) - set(before.items())),
                   "home": str(atlas_home())}))
-"""
-
-REBUILD = """
-import sys
-from atlas_assets import AtlasDataset
-seed = int(sys.argv[2])
-AtlasDataset(sys.argv[1]).create_index(projection={"seed": seed}, topic_model={"seed": seed})
-"""
-
-# Opens the map again and again until told to stop; every open must read one whole map.
-READER = """
-import json, pathlib, sys
-from atlas_assets import AtlasDataset
-name, stop, ready = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
-opens, errors, mixed, seen = 0, [], [], set()
-while not stop.exists():
-    try:
-        m = AtlasDataset(name).maps[0]
-        n = m.data.tb.num_rows
-        sizes = {len(m.embeddings.projected), len(m.topics.df), len(m.duplicates.df),
-                 len(m.embeddings.latent)}
-        seeds = (m.info("projected")["params"]["seed"], m.info("topics")["params"]["seed"])
-        if sizes != {n} or seeds[0] != seeds[1]:
-            mixed.append([n, sorted(sizes), seeds])
-        seen.add(seeds)
-        opens += 1
-    except Exception as err:
-        errors.append(f"{type(err).__name__}: {err}")
-    ready.touch()
-print(json.dumps({"opens": opens, "errors": errors[:5], "n_errors": len(errors),
-                  "mixed": mixed[:5], "seen": sorted(seen)}))
 """
 
 
