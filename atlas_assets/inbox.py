@@ -12,6 +12,10 @@ data stays as it was. So are symbolic links (never followed), folders, files of 
 and files in the inbox root (``inbox/.failed/``). An optional ``atlas.json`` in the folder names
 the id field and index options (``{"unique_id_field": "id", "indexed_field": "text", ...}``);
 without it ids are generated and the longest text column is indexed.
+
+On a remote store (``ATLAS_HOME=s3://...``) the inbox is the object store's: settled objects are
+downloaded into the mirror's inbox first, taken as above, then moved on the object store as
+their copies were (:func:`atlas_assets.store.remote.pull_inbox`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ import pyarrow as pa
 
 from atlas_assets.lib import validate
 from atlas_assets.lib.sources import SUPPORTED, read_table_file
-from atlas_assets.store import DatasetPaths, dataset_paths, partition_paths
+from atlas_assets.store import DatasetPaths, dataset_paths, partition_paths, remote
 from atlas_assets.store.layout import inbox_dir
 
 CONFIG_FILE = "atlas.json"
@@ -57,9 +61,11 @@ class Ingested:
     rows: int = 0
     error: str | None = None
     note: str | None = None  # e.g. "already ingested": nothing added, no error
+    # The file and where it was moved (.ingested/ or .failed/), if it was.
+    moved: tuple[Path, Path] | None = field(default=None, compare=False, repr=False)
 
 
-def _move(path: Path, target: Path, note: str | None = None) -> None:
+def _move(path: Path, target: Path, note: str | None = None) -> tuple[Path, Path]:
     target.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     moved, n = target / f"{stamp}-{path.name}", 1
@@ -68,6 +74,7 @@ def _move(path: Path, target: Path, note: str | None = None) -> None:
     shutil.move(path, moved)  # a symbolic link moves as a link
     if note is not None:
         moved.with_name(moved.name + ".error.txt").write_text(note + "\n")
+    return path, moved
 
 
 def _longest_text_column(table: pa.Table) -> str | None:
@@ -210,8 +217,7 @@ def refresh_source(identifier: str, home: Path | None = None) -> Ingested | None
 
 def _report(path: Path, target: Path, key: str, why: str) -> Ingested:
     """Set aside something the inbox does not take, with a note, so it is reported once."""
-    _move(path, target, why)
-    return Ingested(key, path.name, error=why)
+    return Ingested(key, path.name, error=why, moved=_move(path, target, why))
 
 
 def _scan_folder(folder: Path, paths: DatasetPaths, settle: float, now: float) -> list[Ingested]:
@@ -239,9 +245,9 @@ def _scan_folder(folder: Path, paths: DatasetPaths, settle: float, now: float) -
             except Exception as err:  # a bad file is reported and set aside, never retried
                 results.append(_report(f, failed, key, f"{type(err).__name__}: {err}"))
             else:
-                _move(f, folder / ".ingested")
+                moved = _move(f, folder / ".ingested")
                 note = None if rows else "already ingested: nothing added"
-                results.append(Ingested(key, f.name, rows=rows, note=note))
+                results.append(Ingested(key, f.name, rows=rows, note=note, moved=moved))
     return results
 
 
@@ -252,6 +258,8 @@ def scan_inbox(home: Path | None = None, *, settle: float = SETTLE_SECONDS) -> l
     """
     results = []
     root = inbox_dir(home)
+    # A remote store: its inbox's settled files come into the mirror's, then are taken as here.
+    pulled = remote.pull_inbox(root, settle, skip=IN_PROGRESS, always=(CONFIG_FILE,)) or {}
     now = time.time()
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         if entry.name.startswith(".") or entry.name.lower().endswith(IN_PROGRESS):
@@ -275,4 +283,7 @@ def scan_inbox(home: Path | None = None, *, settle: float = SETTLE_SECONDS) -> l
             results.extend(Ingested("", str(f), error=str(err)) for f in files)
             continue
         results.extend(_scan_folder(entry, paths, settle, now))
+    for r in results:  # the objects move as their copies did: never taken twice
+        if r.moved is not None and r.moved[0] in pulled:
+            remote.move_inbox_object(pulled[r.moved[0]], r.moved[1])
     return results

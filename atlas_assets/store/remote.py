@@ -12,7 +12,10 @@ so every caller keeps getting local paths (Arrow files are memory-mapped from th
   its writer read (:func:`version_tag`), so two machines' commits never overwrite each other;
 * folders whose members come and go (shards, the embedding cache, the datasets) are listed on
   the object store (:func:`listing`), which is the truth; the mirror may hold more;
-* locks, temporary files, the tag store, the inbox and the Dagster instance stay local.
+* the inbox's waiting files are downloaded into the mirror's inbox once settled
+  (:func:`pull_inbox`) and moved on the object store as their local copies were
+  (:func:`move_inbox_object`);
+* locks, temporary files, the tag store and the Dagster instance stay local.
 
 For a local root (a path or ``file://``) every function here is a no-op, so the store works
 exactly as before.
@@ -482,3 +485,100 @@ def upload_missing(folder: Path) -> None:
     for f in sorted(folder.iterdir()):
         if f.is_file() and not f.name.startswith(".") and f.name not in names:
             upload(f)
+
+
+def _modified(store: RemoteStore, entry: dict[str, Any]) -> float:
+    """An object's last modification as a POSIX timestamp (S3's LastModified)."""
+    when = entry.get("LastModified") or entry.get("mtime") or entry.get("created")
+    if when is None:
+        when = store.fs.modified(entry["name"])
+    return when if isinstance(when, int | float) else when.timestamp()
+
+
+def pull_inbox(
+    inbox: Path,
+    settle: float,
+    *,
+    skip: tuple[str, ...] = (".part", ".tmp"),
+    always: tuple[str, ...] = ("atlas.json",),
+) -> dict[Path, str] | None:
+    """Download the remote inbox's waiting files into the mirror's ``inbox`` folder, keeping
+    their names; returns each downloaded local path -> its object's key (None: a local store).
+
+    Taken: objects in ``inbox/`` and directly in its dataset folders that have not changed for
+    ``settle`` seconds, and every ``always`` file (``atlas.json``). Left alone: hidden names
+    (so ``.ingested/`` and ``.failed/``), names ending in ``skip`` and deeper objects. A local
+    copy gets its object's modification time, so the inbox's own settle check agrees; one
+    already there with that size and time is not downloaded again.
+    """
+    found = remote_of(inbox)
+    if found is None:
+        return None
+    store, key = found
+    now = time.time()
+
+    def ls(prefix: str) -> list[dict[str, Any]]:
+        try:
+            return store.fs.ls(prefix, detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        except Exception as err:  # noqa: BLE001
+            raise _wrap(store, err, f"listing {prefix}") from None
+
+    def wanted(entry: dict[str, Any]) -> bool:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        return not name.startswith(".") and not name.lower().endswith(skip)
+
+    objects = []
+    for entry in filter(wanted, ls(key)):
+        if entry["type"] == "directory":
+            objects.extend(e for e in ls(entry["name"]) if e["type"] == "file" and wanted(e))
+        else:
+            objects.append(entry)
+    pulled = {}
+    for entry in objects:
+        name = entry["name"].rstrip("/")
+        local = inbox / name[len(key) + 1 :]
+        when = _modified(store, entry)
+        if local.name not in always and now - when < settle:
+            continue  # a writer may still be at it: next scan
+        pulled[local] = name
+        with contextlib.suppress(FileNotFoundError):
+            stat = local.lstat()
+            if stat.st_size == entry["size"] and abs(stat.st_mtime - when) < 1:
+                continue
+        from atlas_assets.store.files import atomic_path
+
+        try:
+            with atomic_path(local) as tmp:
+                store.fs.get_file(name, str(tmp), **_TRANSFER.get(store.url.split(":", 1)[0], {}))
+                os.utime(tmp, (when, when))
+        except FileNotFoundError:  # taken meanwhile (another machine's scan)
+            pulled.pop(local)
+        except Exception as err:  # noqa: BLE001
+            raise _wrap(store, err, f"reading {name}") from None
+    return pulled
+
+
+def move_inbox_object(key: str, moved: Path) -> None:
+    """Move the inbox object ``key`` to where its local copy was moved, ``moved`` (under
+    ``.ingested/`` or ``.failed/``), with the ``.error.txt`` note beside it if there is one.
+
+    The note goes first and the original is removed last, so a failure half way leaves the
+    object in the inbox: the next scan takes it again, and its content hash stops it being
+    added twice.
+    """
+    found = remote_of(moved)
+    if found is None:
+        return
+    store, target = found
+    note = moved.with_name(moved.name + ".error.txt")
+    if note.is_file():
+        upload(note)
+    try:
+        store.fs.copy(key, target)
+        store.fs.rm_file(key)
+    except FileNotFoundError:
+        return  # already moved (another machine's scan)
+    except Exception as err:  # noqa: BLE001
+        raise _wrap(store, err, f"moving {key}") from None
