@@ -15,19 +15,29 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @contextlib.contextmanager
-def store_at(root: Path) -> Iterator[Path]:
-    """Point ATLAS_HOME and DAGSTER_HOME at ``root`` for the body."""
-    saved = {k: os.environ.get(k) for k in ("ATLAS_HOME", "DAGSTER_HOME")}
-    os.environ["ATLAS_HOME"] = str(root)
-    os.environ["DAGSTER_HOME"] = str(root / ".dagster")
+def environment(**values: str | None) -> Iterator[None]:
+    """Set (or, for ``None``, unset) environment variables for the body, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
     try:
-        yield root
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def store_at(root: Path) -> Iterator[Path]:
+    """Point ATLAS_HOME and DAGSTER_HOME at ``root`` for the body."""
+    with environment(ATLAS_HOME=str(root), DAGSTER_HOME=str(root / ".dagster")):
+        yield root
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from atlas_assets_tests.conftest import environment
+
 _BUCKETS = itertools.count()
-_ENV = ("ATLAS_HOME", "ATLAS_STORAGE_OPTIONS", "ATLAS_CACHE_DIR", "DAGSTER_HOME")
 
 
 @dataclass(frozen=True)
@@ -85,22 +86,13 @@ def s3_server() -> Iterator[S3Server]:
 @contextlib.contextmanager
 def s3_env(server: S3Server, bucket: str, cache: Path, dagster: Path | None = None):
     """Point the store at ``s3://bucket/store`` (read cache and mirror in ``cache``)."""
-    saved = {k: os.environ.get(k) for k in _ENV}
-    os.environ["ATLAS_HOME"] = f"s3://{bucket}/store"
-    os.environ["ATLAS_STORAGE_OPTIONS"] = json.dumps(server.options())
-    os.environ["ATLAS_CACHE_DIR"] = str(cache)
-    if dagster is not None:
-        os.environ["DAGSTER_HOME"] = str(dagster)
-    else:
-        os.environ.pop("DAGSTER_HOME", None)
-    try:
+    with environment(
+        ATLAS_HOME=f"s3://{bucket}/store",
+        ATLAS_STORAGE_OPTIONS=json.dumps(server.options()),
+        ATLAS_CACHE_DIR=str(cache),
+        DAGSTER_HOME=None if dagster is None else str(dagster),
+    ):
         yield f"s3://{bucket}/store"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture
