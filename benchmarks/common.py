@@ -234,6 +234,20 @@ def machine() -> str:
     )
 
 
+def loopback_cluster(workers: int):
+    """A ``distributed.LocalCluster`` of single-thread worker processes on 127.0.0.1 (one
+    BLAS thread each, so a process per core), its dashboard on loopback only."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A plain aligned text table (floats to 3 significant decimals)."""
 

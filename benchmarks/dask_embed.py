@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from benchmarks.common import arxiv, machine, print_table, result_line, timed
+from benchmarks.common import arxiv, loopback_cluster, machine, print_table, result_line, timed
 
 QUICK_N = 192
 TARGET = 0.90  # Dask at least 0.9x in-process on the same cores: overhead at most 10%
@@ -66,8 +66,6 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--shard-size", type=int, default=None, help="texts per Dask task")
     args = parser.parse_args(argv)
 
-    from distributed import LocalCluster
-
     from atlas_assets.lib import dask_embed
     from atlas_assets.lib.embed import embed_texts, load_model
     from atlas_assets.options import DEFAULT_MODEL
@@ -80,13 +78,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     embed_texts(texts[:32], batch_size=args.batch_size)  # first calls pay one-off set-up costs
 
     with (
-        LocalCluster(
-            n_workers=args.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
+        loopback_cluster(args.workers) as cluster,
         dask_embed.connect(cluster.scheduler_address) as client,
     ):
         # An empty shard on every worker loads its model; a small one warms it up.

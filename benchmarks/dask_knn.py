@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas_assets.lib import knn
-from benchmarks.common import RssSampler, machine, print_table, result_line, timed
+from benchmarks.common import RssSampler, loopback_cluster, machine, print_table, result_line, timed
 
 QUICK_N = 60_000
 DEFAULT_N = 1_000_000
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     n = args.n or (QUICK_N if args.quick else DEFAULT_N)
 
     import faiss
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from atlas_assets.defs.assets.knn_graph import MIN_NEIGHBORS
     from atlas_assets.options import NomicProjectOptions
@@ -285,13 +285,7 @@ def main(argv: Sequence[str] | None = None) -> str:
 
         started = time.perf_counter()
         with (
-            LocalCluster(
-                n_workers=args.workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-            ) as cluster,
+            loopback_cluster(args.workers) as cluster,
             Client(cluster, set_as_default=False) as client,
         ):
             start_cluster = time.perf_counter() - started
