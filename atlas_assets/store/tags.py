@@ -8,12 +8,15 @@ system is unsafe); unset or empty, each dataset keeps ``tags.sqlite`` beside its
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Collection
 
 from atlas_assets.lib.tagstore import BaseTagStore, TagStore
 from atlas_assets.store.layout import DatasetPaths
+from atlas_assets.store.remote import remote_of
 
 TAGS_URL = "ATLAS_TAGS_URL"
+_warned: set[str] = set()  # remote stores already warned about, once per process each
 
 
 def tags_url() -> str | None:
@@ -34,6 +37,16 @@ def tag_store(
         from atlas_assets.lib.tagstore_pg import PostgresTagStore
 
         return PostgresTagStore(url, paths.partition_key, valid_ids=valid_ids)
+    remote = remote_of(paths.root)
+    if remote is not None and remote[0].url not in _warned:
+        _warned.add(remote[0].url)
+        warnings.warn(
+            f"the store is shared ({remote[0].url}) but {TAGS_URL} is not set: live tags are "
+            f"kept in this machine's {paths.tag_db.name} and other machines do not see them; "
+            f"set {TAGS_URL}=postgresql://... to share them",
+            UserWarning,
+            stacklevel=2,
+        )
     return TagStore(paths.tag_db, valid_ids=valid_ids)
 
 

@@ -185,3 +185,23 @@ def test_a_document_changed_by_another_machine_meanwhile_is_not_written_over(
         update_meta(b, description="by B")
         update_meta(b, description="by B, twice")  # a second write in the same section
     assert load_meta(a)["description"] == "by B, twice"
+
+
+def test_live_tags_on_a_shared_store_without_a_tags_database_warn_once(tmp_path, monkeypatch):
+    """Tags kept in one machine's SQLite file beside a shared store are invisible to the other
+    machines: the first tag store opened says so, naming the setting that shares them."""
+    import warnings
+
+    from atlas_assets.store.tags import tag_store
+
+    monkeypatch.delenv("ATLAS_TAGS_URL", raising=False)
+    monkeypatch.setenv("ATLAS_HOME", "memory://atlas/tags-warning")
+    monkeypatch.setenv("ATLAS_CACHE_DIR", str(tmp_path / "cache"))
+    paths = dataset_paths("docs")
+    with pytest.warns(UserWarning, match="ATLAS_TAGS_URL is not set: live tags are kept in"):
+        tag_store(paths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tag_store(paths)  # once per store and process
+        monkeypatch.setenv("ATLAS_HOME", str(tmp_path / "local"))
+        tag_store(dataset_paths("docs"))  # a local store: no warning
