@@ -39,8 +39,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two workers, each taking whole test files (their module fixtures build maps once): most tests
+# wait on a subprocess, a server or one Python thread, so two of them fill the two cores.
 test: lint browser postgres
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # Every stage against its baseline, side by side (minutes to an hour; not part of `make test`).
 bench: setup
