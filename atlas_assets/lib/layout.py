@@ -4,7 +4,10 @@ umap-learn's optimiser walks the graph's edges in one shared order and moves bot
 so it is reproducible only on one thread; on several it races and each run differs. Here each
 point is owned by one thread, which walks the point's own edges and moves only that point,
 reading the other points where they stood at the start of the epoch. The result depends on the
-seed alone, never on the number of threads or their scheduling.
+seed alone, never on the number of threads or their scheduling. The threads are Python threads
+running a compiled kernel without the GIL: each takes the next chunk of points as it comes free
+and sleeps at the end of the epoch (``_run_epochs``), so on a busy machine a descheduled thread
+holds up one chunk, not half the points, and no core spins while it waits.
 
 Otherwise it is UMAP's objective and schedule: the curve ``1 / (1 + a d^2b)``, each edge sampled
 in proportion to its membership strength, five negative samples per positive one, gradients
