@@ -78,6 +78,21 @@ def _cpu_has_bf16() -> bool:
     return bool(__cpu_features__.get("AVX512BF16"))
 
 
+@cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # finding the libraries takes milliseconds: once
+
+
+def one_blas_thread():
+    """A context in which BLAS (NumPy's OpenBLAS) runs on one thread. For the small products and
+    decompositions around the searches and the layout: OpenBLAS's threads spin while they wait
+    for each other, so on a busy machine two of them took 5 to 8 s over a 20k-row start that
+    one thread did in 0.6 s (a 384 x 384 ``eigh``: 2.0 s against 0.1 s)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 def default_exact_limit() -> int:
     """Rows up to which ``knn_graph`` searches exactly on this CPU."""
     return EXACT_SEARCH_LIMIT_BF16 if native_bf16() else EXACT_SEARCH_LIMIT
@@ -292,8 +307,6 @@ def _search_cells(search, bounds, partner_bounds, partners, best, ids) -> None:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from threadpoolctl import threadpool_limits
-
     def one(cell: int) -> None:
         first, last = bounds[cell], bounds[cell + 1]
         if first == last:
@@ -302,10 +315,7 @@ def _search_cells(search, bounds, partner_bounds, partners, best, ids) -> None:
         cols = np.concatenate([np.arange(bounds[c], bounds[c + 1]) for c in named])
         _merge_rows(search[first:last] @ search[cols].T, first, cols, best, ids)
 
-    with (
-        threadpool_limits(1, user_api="blas"),
-        ThreadPoolExecutor(numba.get_num_threads()) as pool,
-    ):
+    with one_blas_thread(), ThreadPoolExecutor(numba.get_num_threads()) as pool:
         list(pool.map(one, range(len(bounds) - 1)))
 
 
@@ -344,6 +354,13 @@ def _refine(vectors, ids, best, width, out_ids, out_best):
 
 
 def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``_cell_searched`` with BLAS on one thread: its products are small (the cells' own run
+    on the search's threads, one product each)."""
+    with one_blas_thread():
+        return _cell_searched(vectors, k, seed)
+
+
+def _cell_searched(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Every row's ``k`` nearest rows (itself included), approximately, by float32 matrix
     products between nearby k-means cells: the search for CPUs without bfloat16 in hardware.
 
@@ -384,10 +401,7 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
     partners = partners[order]
 
     dims = _search_dims(dim)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, user_api="blas"):  # a 384 x 384 eigh took 0.9 s on two threads
-        axes = _principal_axes(ordered, dims, seed) if dims < dim else None
+    axes = _principal_axes(ordered, dims, seed) if dims < dim else None
     search = ordered @ axes if axes is not None else ordered
     width = min(_candidates(k), n)
     best = np.full((n, width), -np.inf, np.float32)

@@ -4,7 +4,10 @@ umap-learn's optimiser walks the graph's edges in one shared order and moves bot
 so it is reproducible only on one thread; on several it races and each run differs. Here each
 point is owned by one thread, which walks the point's own edges and moves only that point,
 reading the other points where they stood at the start of the epoch. The result depends on the
-seed alone, never on the number of threads or their scheduling.
+seed alone, never on the number of threads or their scheduling. The threads are Python threads
+running a compiled kernel without the GIL: each takes the next chunk of points as it comes free
+and sleeps at the end of the epoch (``_run_epochs``), so on a busy machine a descheduled thread
+holds up one chunk, not half the points, and no core spins while it waits.
 
 Otherwise it is UMAP's objective and schedule: the curve ``1 / (1 + a d^2b)``, each edge sampled
 in proportion to its membership strength, five negative samples per positive one, gradients
@@ -24,6 +27,9 @@ clipped at 4 and a learning rate decaying linearly to zero. Measured against ``u
 """
 
 from __future__ import annotations
+
+import itertools
+import threading
 
 import numba
 import numpy as np
@@ -47,6 +53,7 @@ _GOLDEN32 = 0x9E3779B9
 # Below this many points an epoch is too short to share: the threads would mostly wait on each
 # other, and on a busy machine a descheduled one stalls every epoch.
 _PARALLEL_FROM = 5_000
+_CHUNKS_PER_THREAD = 4
 
 
 def epochs_for(n_rows: int) -> int:
@@ -116,8 +123,10 @@ def _draw(stream, counter, n):
     return np.int64((np.uint64(x) * np.uint64(n)) >> np.uint64(32))
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _epoch(
+@numba.njit(nogil=True, fastmath=True, cache=True)
+def _epoch_rows(
+    first,
+    last,
     before,
     after,
     indptr,
@@ -132,8 +141,10 @@ def _epoch(
     epoch,
     seed,
 ):
+    """One epoch of the points ``first:last``: each reads ``before`` and writes only its own row
+    of ``after`` and its own edges' schedules, so any split of the rows gives the same result."""
     n = before.shape[0]
-    for i in numba.prange(n):
+    for i in range(first, last):
         if rates[i] == 0.0:  # pinned: a refresh keeps this point where it was
             after[i, 0] = before[i, 0]
             after[i, 1] = before[i, 1]
@@ -221,27 +232,78 @@ def optimize_layout(
     after = before.copy()
     indptr = csr.indptr.astype(np.int64)
     neighbours = csr.indices.astype(np.int64)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(threads if len(before) >= _PARALLEL_FROM else 1)
-    try:
+    args = (
+        indptr,
+        neighbours,
+        epochs_per_sample,
+        next_sample,
+        next_negative,
+        attract,
+        repel,
+    )
+    buffers = (before, after)
+    threads = numba.get_num_threads() if len(before) >= _PARALLEL_FROM else 1
+    chunks = threads * _CHUNKS_PER_THREAD if threads > 1 else 1
+    bounds = np.linspace(0, len(before), chunks + 1).astype(np.int64).tolist()
+
+    def run(task: int) -> None:
+        epoch, chunk = divmod(task, chunks)
+        alpha = np.float32(learning_rate * (1.0 - epoch / n_epochs))
+        _epoch_rows(
+            bounds[chunk],
+            bounds[chunk + 1],
+            buffers[epoch % 2],
+            buffers[1 - epoch % 2],
+            *args,
+            alpha,
+            rates,
+            epoch,
+            seed,
+        )
+
+    if threads == 1:
         for epoch in range(n_epochs):
-            alpha = np.float32(learning_rate * (1.0 - epoch / n_epochs))
-            _epoch(
-                before,
-                after,
-                indptr,
-                neighbours,
-                epochs_per_sample,
-                next_sample,
-                next_negative,
-                attract,
-                repel,
-                alpha,
-                rates,
-                epoch,
-                seed,
-            )
-            before, after = after, before
-    finally:
-        numba.set_num_threads(threads)
-    return before
+            run(epoch)
+    else:
+        _run_epochs(run, n_epochs, chunks, threads)
+    return buffers[n_epochs % 2]
+
+
+def _run_epochs(run, n_epochs: int, chunks: int, threads: int) -> None:
+    """``run(task)`` for ``n_epochs * chunks`` tasks in order on ``threads`` threads, every task
+    of an epoch finished before any of the next starts.
+
+    Threads take the next task as they come free, so one that the OS deschedules holds up only
+    the task it is in; and they wait for each other by sleeping, not spinning, so the cores go
+    to whoever can run (numba's OpenMP loops spin at their barrier, which on a busy machine
+    burned a third of the layout's CPU time and held the descheduled thread off its core).
+    """
+    tasks = itertools.count()
+    barrier = threading.Barrier(threads)
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        done = 0  # epochs this thread has seen finished
+        try:
+            while True:
+                task = next(tasks)  # atomic under the GIL
+                epoch = task // chunks
+                while done < min(epoch, n_epochs):
+                    barrier.wait()
+                    done += 1
+                if epoch >= n_epochs:
+                    return
+                run(task)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+            failed.append(error)
+            barrier.abort()
+
+    helpers = [threading.Thread(target=work, daemon=True) for _ in range(threads - 1)]
+    for helper in helpers:
+        helper.start()
+    work()
+    for helper in helpers:
+        helper.join()
+    if failed:  # the first error, not the broken barrier it left the other threads
+        first = [e for e in failed if not isinstance(e, threading.BrokenBarrierError)]
+        raise (first or failed)[0]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 
 import numba
 import numpy as np
 import scipy.sparse
 
 from atlas_assets.lib.graph import KnnGraph
+from atlas_assets.lib.knn import one_blas_thread
 from atlas_assets.lib.layout import epochs_for, optimize_layout
 
 # UMAP needs a handful of neighbours; below this many rows the map is plain PCA.
@@ -30,10 +32,13 @@ def _principal_coords(latent: np.ndarray) -> np.ndarray:
     """
     mean = latent.mean(axis=0, dtype=np.float64)
     scatter = np.zeros((latent.shape[1], latent.shape[1]))
-    for start in range(0, latent.shape[0], _BLOCK_ROWS):
-        block = latent[start : start + _BLOCK_ROWS]
-        scatter += (block.T @ block).astype(np.float64)
-    _, vectors = np.linalg.eigh(scatter - latent.shape[0] * np.outer(mean, mean))
+    # One BLAS thread where the products are small: see knn.one_blas_thread.
+    with one_blas_thread() if latent.shape[0] <= _BLOCK_ROWS else nullcontext():
+        for start in range(0, latent.shape[0], _BLOCK_ROWS):
+            block = latent[start : start + _BLOCK_ROWS]
+            scatter += (block.T @ block).astype(np.float64)
+    with one_blas_thread():
+        _, vectors = np.linalg.eigh(scatter - latent.shape[0] * np.outer(mean, mean))
     top = vectors[:, ::-1][:, :2]
     top *= np.sign(top[np.abs(top).argmax(axis=0), np.arange(top.shape[1])])
     coords = np.zeros((latent.shape[0], 2))
@@ -135,10 +140,11 @@ def _initial_layout(latent: np.ndarray, graph: scipy.sparse.spmatrix, seed: int)
     step = (scale @ graph @ scale + scipy.sparse.identity(graph.shape[0])).tocsr() * 0.5
     trivial = root_degree / np.linalg.norm(root_degree)
     coords *= root_degree[:, None]
-    for _ in range(_SMOOTHING_STEPS):
-        coords = step @ coords
-        coords -= np.outer(trivial, trivial @ coords)
-        coords, _ = np.linalg.qr(coords)
+    with one_blas_thread():  # (N, 2) blocks: threads would only wait on each other
+        for _ in range(_SMOOTHING_STEPS):
+            coords = step @ coords
+            coords -= np.outer(trivial, trivial @ coords)
+            coords, _ = np.linalg.qr(coords)
     coords /= root_degree[:, None]
 
     coords *= 10.0 / max(float(np.abs(coords).max()), 1e-12)
