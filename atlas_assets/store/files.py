@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from atlas_assets.store import remote
+from atlas_assets.store.layout import lease_path
+from atlas_assets.store.lease import lease
 
 _META_PREFIX = "atlas:"
 
@@ -126,13 +128,20 @@ def remove_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock (flock) held for the body; serialises store writers."""
+def locked(lock_path: Path, *, machine_only: bool = False) -> Iterator[None]:
+    """An exclusive inter-process lock (flock) held for the body; serialises store writers.
+
+    On a remote store the writer also holds the lock's lease on the object store (taken inside
+    the flock, see ``store/lease.py``), so writers on other machines wait too; ``machine_only``
+    is for a file each machine keeps for itself (its flock is enough).
+    """
     make_dirs(lock_path.parent)
+    shared = None if machine_only else lease_path(lock_path)
     with open(lock_path, "a") as handle, remote.fresh():  # a writer reads what is stored now
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            with lease(shared, flock=lock_path) if shared else contextlib.nullcontext():
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
