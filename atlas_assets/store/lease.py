@@ -55,6 +55,9 @@ LEASE_ENV = "ATLAS_LEASE_SECONDS"
 LEASE_SECONDS = 60.0
 # Renewals per lease duration: two in a row may fail (a slow request) before the lease lapses.
 RENEWALS = 3
+# Readers asking whether a lease is held (not writers, who never compare clocks) take one whose
+# holder's clock says it lapsed this long ago as lapsed: machines' clocks agree within a minute.
+CLOCK_SLACK = 60.0
 # A waiter asks again after POLL_FIRST seconds, doubling up to POLL_MAX (a GET every 2 s costs
 # nothing) or a quarter of the holder's lease (a lapse is noticed within a quarter of it).
 POLL_FIRST, POLL_MAX = 0.05, 2.0
@@ -160,6 +163,10 @@ class _Lease:
                 return current[1]
         return None
 
+    def _stamp(self) -> None:
+        self.doc["since"] = self.doc["renewed"] = _now()
+        self.doc["renewed_at"] = time.time()
+
     def acquire(self, flock: Path | None) -> None:
         """Wait for the lease and take it (see the module's docstring)."""
         seconds = lease_seconds()
@@ -177,7 +184,7 @@ class _Lease:
         while True:
             if current is None:
                 try:
-                    self.doc["since"] = self.doc["renewed"] = _now()
+                    self._stamp()
                     self.etag = self.put(self.doc, IfNoneMatch="*")
                     break
                 except Exception as err:  # noqa: BLE001
@@ -197,7 +204,7 @@ class _Lease:
             lapsed = now - seen[1] >= _duration(doc, seconds)
             if gone or lapsed:
                 try:
-                    self.doc["since"] = self.doc["renewed"] = _now()
+                    self._stamp()
                     self.etag = self.put(self.doc, IfMatch=etag)
                 except Exception as err:  # noqa: BLE001
                     if _precondition_failed(err) or isinstance(err, FileNotFoundError):
@@ -228,7 +235,12 @@ class _Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.doc["seconds"] / RENEWALS):
-            doc = {**self.doc, "renewals": self.doc["renewals"] + 1, "renewed": _now()}
+            doc = {
+                **self.doc,
+                "renewals": self.doc["renewals"] + 1,
+                "renewed": _now(),
+                "renewed_at": time.time(),
+            }
             try:
                 self.etag = self.put(doc, IfMatch=self.etag)
                 self.doc = doc
@@ -294,16 +306,66 @@ class _Lease:
         )
 
 
+def _shared(path: Path) -> _Lease | None:
+    found = remote_of(path)
+    if found is None or not found[0].url.startswith("s3://"):
+        return None
+    return _Lease(*found)
+
+
+def _left_by_the_gone(doc: dict[str, Any], flock: Path | None) -> bool:
+    """Whether the lease was left under ``flock``, whose flock the caller saw free: its holder
+    (a process of this machine) is gone."""
+    mine = _lock_file_id(flock)
+    return mine is not None and doc.get("file") == mine
+
+
+def holder(path: Path, *, flock: Path | None = None) -> dict[str, Any] | None:
+    """Who holds the lease ``path`` now (its document), for a caller that saw ``flock`` free:
+    None if no one (a local store, no lease, one left by a killed process of this machine, one
+    whose renewal time is past its duration by the holder's clock, give or take a minute)."""
+    shared = _shared(path)
+    current = shared.get() if shared else None
+    if current is None or _left_by_the_gone(current[0], flock):
+        return None
+    doc = current[0]
+    try:
+        lapsed = time.time() - float(doc["renewed_at"]) > _duration(doc, 0) + CLOCK_SLACK
+    except (KeyError, TypeError, ValueError):
+        lapsed = False
+    return None if lapsed else doc
+
+
+def wait_released(path: Path, *, flock: Path | None = None) -> None:
+    """Wait, without taking it, until the lease ``path`` is free or lapsed (as a writer judges
+    it: the same ETag for its holder's whole duration); ``flock`` as in :func:`holder`."""
+    shared = _shared(path)
+    if shared is None:
+        return
+    delay, seen, told = POLL_FIRST, ("", 0.0), None
+    while (current := shared.get()) is not None and not _left_by_the_gone(current[0], flock):
+        doc, etag = current
+        now = time.monotonic()
+        if seen[0] != etag:
+            seen = (etag, now)
+        if now - seen[1] >= _duration(doc, lease_seconds()):
+            return
+        if told != doc.get("token"):
+            told = doc.get("token")
+            log.warning("%s: waiting for %s to finish", shared.where, _holder(doc))
+        time.sleep(delay)
+        delay = min(delay * 2, POLL_MAX, _duration(doc, lease_seconds()) / 4)
+
+
 @contextlib.contextmanager
 def lease(path: Path, *, flock: Path | None = None) -> Iterator[None]:
     """Hold the lease object ``path`` of a remote store for the body: wait while another
     holds it, renew it meanwhile, delete it after. ``flock`` is the local lock file held
     around it. A no-op for a local store and stores without conditional writes."""
-    found = remote_of(path)
-    if found is None or not found[0].url.startswith("s3://"):
+    held = _shared(path)
+    if held is None:
         yield
         return
-    held = _Lease(*found)
     held.acquire(flock)
     try:
         yield

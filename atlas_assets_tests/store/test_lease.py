@@ -19,10 +19,13 @@ import pytest
 
 from atlas_assets.store import dataset_paths, write_json
 from atlas_assets.store.datasets import load_meta, update_meta
-from atlas_assets.store.files import locked
+from atlas_assets.store.files import is_locked, locked, wait_unlocked
 from atlas_assets.store.remote import StoreConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
+# The holders' lease in these tests (ATLAS_LEASE_SECONDS): short, yet renewed in time on a busy
+# machine (every 2/3 s).
+LEASE = 2
 
 # A writer: says it is ready, waits for the go file, then three times reads dataset.json, takes
 # a while and writes it back counted, under the dataset's lock; prints each turn's start and end.
@@ -31,7 +34,7 @@ import json, sys, time
 from pathlib import Path
 from atlas_assets.store import dataset_paths
 from atlas_assets.store.datasets import load_meta, update_meta
-from atlas_assets.store.files import locked
+from atlas_assets.store.files import is_locked, locked, wait_unlocked
 paths, go = dataset_paths("docs"), Path(sys.argv[1])
 print("ready", flush=True)
 while not go.exists():
@@ -50,7 +53,7 @@ for _ in range(3):
 HOLD = """
 import sys, time
 from atlas_assets.store import dataset_paths
-from atlas_assets.store.files import locked
+from atlas_assets.store.files import is_locked, locked, wait_unlocked
 with locked(dataset_paths("docs").build_lock):
     print("held", flush=True)
     time.sleep(float(sys.argv[1]))
@@ -133,14 +136,19 @@ def _locker(paths, acquired: list[float], release: threading.Event) -> threading
 
 def test_a_killed_holders_lease_is_taken_over_once_it_lapses(s3_store, tmp_path, caplog):
     caplog.set_level(logging.WARNING, "atlas_assets.store.lease")
-    holder = _machine(HOLD, "600", cache=tmp_path / "a", ATLAS_LEASE_SECONDS="1")
+    holder = _machine(HOLD, "600", cache=tmp_path / "a", ATLAS_LEASE_SECONDS=str(LEASE))
     try:
         _holding(holder)
         assert _lease_object(s3_store)["pid"] == holder.pid
+        lock = dataset_paths("docs").build_lock
+        assert is_locked(lock)  # AtlasDataset.is_locked: a build runs on another machine
+        waited: list[float] = []
+        waiter = threading.Thread(target=lambda: waited.append(wait_unlocked(lock) or 1))
+        waiter.start()
         acquired, release = [], threading.Event()
         thread = _locker(dataset_paths("docs"), acquired, release)
-        time.sleep(2.5)  # twice the lease: the live holder's renewals keep it
-        assert acquired == []
+        time.sleep(1.5 * LEASE)  # longer than the lease: the live holder's renewals keep it
+        assert acquired == [] and waited == []
         killed = time.monotonic()
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
@@ -152,13 +160,15 @@ def test_a_killed_holders_lease_is_taken_over_once_it_lapses(s3_store, tmp_path,
         assert _lease_object(s3_store)["pid"] == os.getpid()
         release.set()
         thread.join(30)
+        waiter.join(30)
+        assert waited and not is_locked(lock)
     finally:
         holder.kill()
         holder.wait()
     said = caplog.text
     assert f"waiting for pid {holder.pid} on " in said
     assert f"took over the lease of pid {holder.pid} on " in said
-    assert "went 1 s without renewal" in said
+    assert f"went {LEASE} s without renewal" in said
     assert _lease_object(s3_store) is None
 
 
@@ -175,6 +185,7 @@ def test_a_lease_left_by_a_killed_process_of_this_machine_is_taken_at_once(
         holder.kill()
         holder.wait()
     assert _lease_object(s3_store)["pid"] == holder.pid  # left behind, for 60 s by default
+    assert not is_locked(dataset_paths("docs").build_lock)  # its holder is gone
     start = time.monotonic()
     with locked(dataset_paths("docs").build_lock):
         assert _lease_object(s3_store)["pid"] == os.getpid()
@@ -185,7 +196,7 @@ def test_a_lease_left_by_a_killed_process_of_this_machine_is_taken_at_once(
 
 def test_a_lease_taken_over_is_never_deleted_by_its_former_holder(s3_store, tmp_path):
     # The holder stalls (SIGSTOP: a suspended laptop, a frozen VM) past its lease's lapse.
-    holder = _machine(HOLD, "1", cache=tmp_path / "a", ATLAS_LEASE_SECONDS="1")
+    holder = _machine(HOLD, str(2.5 * LEASE), cache=tmp_path / "a", ATLAS_LEASE_SECONDS=str(LEASE))
     acquired, release = [], threading.Event()
     thread = None
     try:
