@@ -49,7 +49,7 @@ for _ in range(3):
 """
 
 
-# Holds the dataset's build lock, says so, and sleeps.
+# Holds the dataset's build lock (as a build does), says so, sleeps, says when it lets go.
 HOLD = """
 import sys, time
 from atlas_assets.store import dataset_paths
@@ -57,6 +57,7 @@ from atlas_assets.store.files import is_locked, locked, wait_unlocked
 with locked(dataset_paths("docs").build_lock):
     print("held", flush=True)
     time.sleep(float(sys.argv[1]))
+    print("releasing", time.time(), flush=True)
 print("released", flush=True)
 """
 
@@ -121,6 +122,30 @@ def test_writers_on_two_machines_take_turns(s3_store, tmp_path, caplog):
     said = err + caplog.text
     assert any(f"waiting for pid {pid} on " in said for pid in (other.pid, os.getpid())), said
     assert _lease_object(s3_store, ".lock") is None  # released
+
+
+def test_a_build_on_another_machine_holds_up_configuring_the_index(s3_store, tmp_path, caplog):
+    import pandas as pd
+
+    from atlas_assets import AtlasDataset
+
+    caplog.set_level(logging.WARNING, "atlas_assets.store.lease")
+    ds = AtlasDataset("docs", unique_id_field="id")
+    ds.add_data(pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]}))
+    holder = _machine(HOLD, str(LEASE), cache=tmp_path / "a")  # a build on machine A
+    try:
+        _holding(holder)
+        assert ds.is_locked and not ds.is_accepting_data
+        ds.configure_index(indexed_field="text")  # create_index's first step: the build lock
+        done = time.time()
+        out, err = holder.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert holder.returncode == 0, err[-3000:]
+    assert done > float(out.splitlines()[0].split()[1])  # after A let go, not before
+    assert f"waiting for pid {holder.pid} on " in caplog.text
+    assert not ds.is_locked and [m["indexed_field"] for m in ds.meta["maps"]] == ["text"]
 
 
 def _locker(paths, acquired: list[float], release: threading.Event) -> threading.Thread:
@@ -209,7 +234,7 @@ def test_a_lease_taken_over_is_never_deleted_by_its_former_holder(s3_store, tmp_
         assert acquired, "the stalled holder's lease was not taken over"
         os.kill(holder.pid, signal.SIGCONT)  # it wakes up, finds it lost the lease, and ends
         out, err = holder.communicate(timeout=60)
-        assert holder.returncode == 0 and out == "released\n", err[-3000:]
+        assert holder.returncode == 0 and out.endswith("released\n"), err[-3000:]
         assert "lease lapsed" in err and f"now held by pid {os.getpid()} on " in err, err
         # Its release left our lease alone.
         assert _lease_object(s3_store)["pid"] == os.getpid()
