@@ -227,7 +227,7 @@ class _Lease:
                     _duration(doc, seconds),
                 )
             time.sleep(delay)
-            delay = min(delay * 2, POLL_MAX, _duration(doc, seconds) / 4)
+            delay = max(POLL_FIRST, min(delay * 2, POLL_MAX, _duration(doc, seconds) / 4))
         self._thread = threading.Thread(
             target=self._renew, name=f"atlas lease {self.where}", daemon=True
         )
@@ -249,11 +249,11 @@ class _Lease:
                     text = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
                     log.warning("%s: renewing the lease failed (%s)", self.where, text)
                     continue
-                tag = self._ours()
+                tag = self._ours()  # the PUT happened, its answer was lost?
                 if tag is None:
                     self._lose()
                     return
-                self.etag = tag
+                self.etag, self.doc = tag, doc
 
     def _lose(self) -> None:
         self.lost = True
@@ -354,7 +354,7 @@ def wait_released(path: Path, *, flock: Path | None = None) -> None:
             told = doc.get("token")
             log.warning("%s: waiting for %s to finish", shared.where, _holder(doc))
         time.sleep(delay)
-        delay = min(delay * 2, POLL_MAX, _duration(doc, lease_seconds()) / 4)
+        delay = max(POLL_FIRST, min(delay * 2, POLL_MAX, _duration(doc, lease_seconds()) / 4))
 
 
 @contextlib.contextmanager
