@@ -81,7 +81,8 @@ def write_arrays(path: Path, **arrays: np.ndarray) -> None:
 
 def build_once(path: Path, build: Callable[[], None]) -> None:
     """Run ``build`` (which writes ``path``) unless ``path`` exists: once per store, since a
-    file lock beside ``path`` makes concurrent processes wait for the first builder."""
-    with locked(path.with_suffix(".lock")):
+    file lock beside ``path`` makes concurrent processes wait for the first builder (of this
+    machine: each machine keeps its own, see README Shared store)."""
+    with locked(path.with_suffix(".lock"), machine_only=True):
         if not path.exists():
             build()

@@ -25,6 +25,9 @@ import numpy as np
 import pyarrow as pa
 
 from atlas_assets.store import remote
+from atlas_assets.store.layout import lease_path
+from atlas_assets.store.lease import holder as lease_holder
+from atlas_assets.store.lease import lease, wait_released
 
 _META_PREFIX = "atlas:"
 
@@ -126,38 +129,52 @@ def remove_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock (flock) held for the body; serialises store writers."""
+def locked(lock_path: Path, *, machine_only: bool = False) -> Iterator[None]:
+    """An exclusive inter-process lock (flock) held for the body; serialises store writers.
+
+    On a remote store the writer also holds the lock's lease on the object store (taken inside
+    the flock, see ``store/lease.py``), so writers on other machines wait too; ``machine_only``
+    is for a file each machine keeps for itself (its flock is enough).
+    """
     make_dirs(lock_path.parent)
+    shared = None if machine_only else lease_path(lock_path)
     with open(lock_path, "a") as handle, remote.fresh():  # a writer reads what is stored now
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            with lease(shared, flock=lock_path) if shared else contextlib.nullcontext():
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_locked(lock_path: Path) -> bool:
-    """Whether another holder has ``lock_path``'s exclusive lock now (never blocks)."""
+    """Whether another holder has ``lock_path``'s exclusive lock now (never blocks); on a
+    remote store, on any machine (its lease, see ``store/lease.py``)."""
     try:
         handle = open(lock_path)  # noqa: SIM115 - closed below; a missing file is no lock
     except FileNotFoundError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        handle = None
+    if handle is not None:
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    shared = lease_path(lock_path)
+    return shared is not None and lease_holder(shared, flock=lock_path) is not None
 
 
 def wait_unlocked(lock_path: Path) -> None:
     """Block until no one holds ``lock_path``'s exclusive lock (a shared lock, taken and
-    released: waiters do not queue behind each other)."""
+    released: waiters do not queue behind each other); on a remote store, then until no other
+    machine holds its lease either."""
     with contextlib.suppress(FileNotFoundError), open(lock_path) as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
         fcntl.flock(handle, fcntl.LOCK_UN)
+    shared = lease_path(lock_path)
+    if shared is not None:
+        wait_released(shared, flock=lock_path)
 
 
 def now_iso() -> str:

@@ -12,6 +12,7 @@ Layout under ``$ATLAS_HOME``::
         resources/manifest.json        the published map: which build file each resource is
         resources/builds/<run-id>/     one Dagster run's resource files (immutable once written)
         tags.sqlite                    the live tag store
+    locks/datasets/...                 on a remote store: the lease of each writer's lock above
 
 ``$ATLAS_HOME`` may be a URL (``s3://bucket/prefix``, ...): the same layout then lives on the
 object store and is worked through a local mirror, so these are still local paths (see
@@ -26,7 +27,15 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas_assets.store.remote import fetch, glob, is_url, listing, resolve_root, storage_options
+from atlas_assets.store.remote import (
+    fetch,
+    glob,
+    is_url,
+    listing,
+    remote_of,
+    resolve_root,
+    storage_options,
+)
 
 # Every map resource, in lineage order; each is one Dagster asset and one Arrow file.
 RESOURCES = (
@@ -321,6 +330,17 @@ class DatasetPaths:
         if names is not None:
             return [self.shards / n for n in names if n[:1].isdigit() and n.endswith(".arrow")]
         return sorted(self.shards.glob("[0-9]*.arrow")) if self.shards.is_dir() else []
+
+
+def lease_path(lock: Path) -> Path | None:
+    """Where a writer's lock file is held across machines on a remote store: the object
+    ``locks/<the lock's path>`` (see ``store/lease.py``), outside the dataset's folder so that
+    removing a dataset under its lock leaves the lease to its holder. None for a local store."""
+    found = remote_of(lock)
+    if found is None:
+        return None
+    mirror = found[0].mirror
+    return mirror / "locks" / lock.relative_to(mirror)
 
 
 def _paths(namespace: str | None, slug: str, home: Path | None) -> DatasetPaths:

@@ -15,7 +15,8 @@ so every caller keeps getting local paths (Arrow files are memory-mapped from th
 * the inbox's waiting files are downloaded into the mirror's inbox once settled
   (:func:`pull_inbox`) and moved on the object store as their local copies were
   (:func:`move_inbox_object`);
-* locks, temporary files, the tag store and the Dagster instance stay local.
+* locks are flocks in the mirror, and writers' locks also a lease on the object store
+  (``store/lease.py``); temporary files, the tag store and the Dagster instance stay local.
 
 For a local root (a path or ``file://``) every function here is a no-op, so the store works
 exactly as before.

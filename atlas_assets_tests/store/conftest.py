@@ -83,6 +83,17 @@ def s3_server() -> Iterator[S3Server]:
         server.stop()
 
 
+def without_lease(monkeypatch, paths) -> None:
+    """Machine ``paths``'s writers take no lease, as one whose lease lapsed while it stalled
+    (``test_lease.py``): then only the conditional writes guard the store, as tested here."""
+    from atlas_assets.store import files
+
+    real = files.lease_path
+    monkeypatch.setattr(
+        files, "lease_path", lambda lock: None if paths.root in lock.parents else real(lock)
+    )
+
+
 @contextlib.contextmanager
 def s3_env(server: S3Server, bucket: str, cache: Path, dagster: Path | None = None):
     """Point the store at ``s3://bucket/store`` (read cache and mirror in ``cache``)."""

@@ -27,6 +27,7 @@ from atlas_assets.store import (
 from atlas_assets.store import files as store_files
 from atlas_assets.store.publish import collect_garbage, discard, pending_builds
 from atlas_assets.store.remote import resolve_root
+from atlas_assets_tests.store.conftest import without_lease
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = ("dataset", "projected", "topics")
@@ -255,6 +256,8 @@ def test_commits_from_two_machines_at_once_never_lose_one(paths, monkeypatch):
 
     other = READERS[paths.root]  # another machine's mirror of the same S3 store, writing too
     commit(build(paths, "run-a", 1), "run-a")
+    # A commits inside B's commit: A's lease lapsed while it stalled (else it waits for B's).
+    without_lease(monkeypatch, paths)
     build(other, "run-b", 2)
     real, raced = publish._current, []
 

@@ -11,6 +11,7 @@ import pytest
 from atlas_assets.store import atlas_home, dataset_paths, read_json, read_resource, write_json
 from atlas_assets.store.files import locked, write_arrow
 from atlas_assets.store.remote import StoreConfigError, listing, remote_of
+from atlas_assets_tests.store.conftest import without_lease
 
 
 def _no_library_traceback(err: BaseException) -> bool:
@@ -139,10 +140,11 @@ def test_two_machines_adding_batches_at_once_both_keep_theirs(s3_server, tmp_pat
     )
 
     def add(paths, n):
-        with locked(paths.lock):  # each machine's own lock: they do not exclude each other
+        with locked(paths.lock):
             return write_shard(paths, pa.table({"id": [f"{n}-{i}" for i in range(n)]}), None)
 
     add(a, 1)
+    without_lease(monkeypatch, a)  # so that A can add a batch inside B's lock
     real, raced = datasets._publish, []
 
     def racing(paths, table, prefix):
@@ -171,6 +173,7 @@ def test_a_document_changed_by_another_machine_meanwhile_is_not_written_over(
         for m in ("a", "b")
     )
     write_json(a.meta, {"maps": [], "description": "first"})
+    without_lease(monkeypatch, a)  # so that A can write inside B's lock
     with locked(b.lock):
         meta = load_meta(b)  # B reads, then writes what it decided on that read
         assert meta["description"] == "first"
