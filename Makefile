@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.reader
 	$(BIN)/python -m benchmarks.shared_store
+	$(BIN)/python -m benchmarks.lease
 
 dev: setup
 	$(BIN)/python -c "from atlas_assets.store.layout import ensure_dagster_home as e; e()"
