@@ -22,6 +22,14 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`)::
     tags(seq INTEGER PRIMARY KEY AUTOINCREMENT, tag_id TEXT UNIQUE, name TEXT UNIQUE,
          created TEXT, color TEXT, description TEXT)
     memberships(tag_seq INTEGER, datum_id TEXT, PRIMARY KEY (tag_seq, datum_id)) WITHOUT ROWID
+
+**Schema versions.** Each backend lists its migrations (``MIGRATIONS[i]`` takes the tables from
+version ``i`` to ``i + 1``; the first creates them) and records the version it wrote. Opening a
+store applies the missing ones in order, in one transaction under the backend's lock, so two
+processes opening an old store at once upgrade it once. Tables from before the version was
+recorded are version 1. A store of a newer version than this code knows is refused with
+:class:`NewerSchemaError` before anything is written, at open and again in every transaction
+(a long-running process never writes into tables a newer process has since upgraded).
 """
 
 from __future__ import annotations
@@ -42,7 +50,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 MAX_TAG_NAME = 128
-SCHEMA_VERSION = 1
 # Long enough to ride out a concurrent 100k-id write on a slow disk; short enough to surface a
 # genuinely stuck lock to the user instead of hanging a notebook forever.
 BUSY_TIMEOUT_S = 60.0
@@ -62,21 +69,31 @@ PALETTE = (
     "#bab0ac",
 )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tags (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tag_id TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL UNIQUE,
-    created TEXT NOT NULL,
-    color TEXT,
-    description TEXT
-);
-CREATE TABLE IF NOT EXISTS memberships (
-    tag_seq INTEGER NOT NULL REFERENCES tags(seq),
-    datum_id TEXT NOT NULL,
-    PRIMARY KEY (tag_seq, datum_id)
-) WITHOUT ROWID;
-"""
+# The SQLite store's migrations (see the module docstring): append, never edit one that has
+# shipped, and keep ``PRAGMA user_version``, which older code reads to refuse a newer file.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the tables.
+    (
+        """CREATE TABLE IF NOT EXISTS tags (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            tag_id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL UNIQUE,
+            created TEXT NOT NULL,
+            color TEXT,
+            description TEXT
+        )""",
+        """CREATE TABLE IF NOT EXISTS memberships (
+            tag_seq INTEGER NOT NULL REFERENCES tags(seq),
+            datum_id TEXT NOT NULL,
+            PRIMARY KEY (tag_seq, datum_id)
+        ) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class NewerSchemaError(RuntimeError):
+    """The tag store was written by a newer atlas-assets; nothing was read or written."""
 
 
 def _now() -> str:
@@ -156,10 +173,23 @@ class BaseTagStore(ABC):
             ``None`` disables the check.
     """
 
+    #: The backend's migrations: ``MIGRATIONS[i]`` takes the tables from version ``i`` to
+    #: ``i + 1``, so this code's schema version is their number.
+    MIGRATIONS: tuple[tuple[str, ...], ...] = ()
+
     def __init__(self, valid_ids: Callable[[], Collection[str]] | None = None) -> None:
         self.valid_ids = valid_ids
 
+    @property
+    def schema_version(self) -> int:
+        """The schema version this code writes (and the newest it can open)."""
+        return len(self.MIGRATIONS)
+
     # -- what a backend provides, each call one transaction -----------------------------------
+
+    @abstractmethod
+    def _schema_location(self) -> str:
+        """Where the tables are, as the user set it (the setting or the file), for errors."""
 
     @abstractmethod
     def exists(self) -> bool:
@@ -195,6 +225,24 @@ class BaseTagStore(ABC):
         """Tag name -> member count, creation order."""
 
     # -- shared helpers -----------------------------------------------------------------------
+
+    def _check_schema(self, version: int) -> None:
+        """Refuse tables of a newer schema than this code knows (one line, naming where)."""
+        if version > self.schema_version:
+            raise NewerSchemaError(
+                f"{self._schema_location()} holds tags of schema version {version}, written by "
+                f"a newer atlas-assets (this one knows up to version {self.schema_version}); "
+                "upgrade atlas-assets to use it. Nothing was read or written."
+            )
+
+    def _migrate(self, con: Any, version: int) -> None:
+        """Bring tables at ``version`` to :attr:`schema_version` with the missing migrations, in
+        order, inside the caller's transaction and lock (which records the new version); tables
+        of a newer version raise first."""
+        self._check_schema(version)
+        for statements in self.MIGRATIONS[version:]:
+            for statement in statements:
+                con.execute(statement)
 
     @staticmethod
     def _tag_row_to_dict(row: tuple) -> dict:
@@ -357,10 +405,14 @@ class BaseTagStore(ABC):
 class TagStore(BaseTagStore):
     """The SQLite backend: one file per dataset, beside its data (the local default).
 
+    Its schema version is the file's ``PRAGMA user_version``.
+
     Args:
         path: The SQLite file (created, with its schema, on first use; its directory must exist).
         valid_ids: See :class:`BaseTagStore`.
     """
+
+    MIGRATIONS = _MIGRATIONS
 
     def __init__(
         self,
@@ -376,6 +428,9 @@ class TagStore(BaseTagStore):
 
     def __str__(self) -> str:
         return f"tag store {self.path}"
+
+    def _schema_location(self) -> str:
+        return f"Tag file {self.path}"
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -398,6 +453,8 @@ class TagStore(BaseTagStore):
         try:
             con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             if not self._schema_ready:
+                # A newer file is refused before anything (even the switch to WAL) is written.
+                self._check_schema(self._stored_version(con))
                 self._ensure_wal(con)
             # FULL: a commit the user saw succeed survives a power cut, not just a crash.
             con.execute("PRAGMA synchronous = FULL")
@@ -433,31 +490,34 @@ class TagStore(BaseTagStore):
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def _ensure_schema(self, con: sqlite3.Connection) -> None:
+    @staticmethod
+    def _stored_version(con: sqlite3.Connection) -> int:
         version = con.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            # Several processes may open a fresh file at once: create under the write lock and
-            # re-check, so exactly one of them does it.
+        if (
+            version == 0
+            and con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tags'"
+            ).fetchone()
+        ):
+            return 1  # tables made before the version was recorded: version 1's
+        return version
+
+    def _ensure_schema(self, con: sqlite3.Connection) -> None:
+        recorded = "PRAGMA user_version"
+        if con.execute(recorded).fetchone()[0] != self.schema_version:
+            # Several processes may open an old or fresh file at once: migrate under the write
+            # lock and re-read the version there, so exactly one of them does it.
             con.execute("BEGIN IMMEDIATE")
             try:
-                version = con.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
-                            con.execute(stmt)
-                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    version = SCHEMA_VERSION
+                self._migrate(con, self._stored_version(con))
+                if con.execute(recorded).fetchone()[0] != self.schema_version:
+                    con.execute(f"PRAGMA user_version = {self.schema_version}")
                 con.execute("COMMIT")
             except BaseException:
                 # Some errors (e.g. disk full) already rolled SQLite back; don't mask them.
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
-        if version != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"Tag store {self.path} has schema version {version}; this code understands "
-                f"version {SCHEMA_VERSION}. Upgrade atlas_assets to open it."
-            )
         self._schema_ready = True
 
     @contextmanager
@@ -469,6 +529,8 @@ class TagStore(BaseTagStore):
             # hold at commit; a deferred read transaction still gives a consistent WAL snapshot.
             con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
+                # Upgraded by a newer process since this one opened the file? Then refuse.
+                self._check_schema(con.execute("PRAGMA user_version").fetchone()[0])
                 yield con
             except BaseException:
                 # Some errors (e.g. disk full) already rolled SQLite back; don't mask them.

@@ -15,7 +15,8 @@ dataset's partition key. The promises are those of the SQLite store:
 * **Set-based**: ids travel as one ``text[]`` parameter, and memberships change in one
   statement per tag.
 
-Schema (``atlas_tag_schema.version`` = :data:`SCHEMA_VERSION`)::
+Schema (``atlas_tag_schema.version`` = :data:`SCHEMA_VERSION`; upgraded at open as the SQLite
+store's, see :mod:`atlas_assets.lib.tagstore`, under an advisory lock)::
 
     atlas_tag_datasets(dataset TEXT PRIMARY KEY, tags_created BIGINT)
     atlas_tags(seq BIGINT IDENTITY PRIMARY KEY, dataset TEXT, tag_id TEXT UNIQUE, name TEXT,
@@ -35,21 +36,24 @@ from contextlib import contextmanager
 from atlas_assets.lib import pg
 from atlas_assets.lib.tagstore import PALETTE, BaseTagStore, _now, _preview
 
-SCHEMA_VERSION = 1
 SETTING = "ATLAS_TAGS_URL"
-# pg_advisory_xact_lock key serialising schema creation (concurrent CREATE TABLE IF NOT EXISTS
-# can otherwise fail on PostgreSQL's catalog); any fixed number unlikely to clash.
+# Advisory lock key: a migration holds it exclusively (so two processes opening an old database
+# migrate it once; concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL's catalog), and
+# every write transaction shared (so none writes across a migration). Any fixed number.
 _SCHEMA_LOCK = 7_146_311_502
-# Connection URLs whose schema this process has already checked.
-_READY: set[str] = set()
+# (connection URL, schema version) pairs whose tables this process has already brought up.
+_READY: set[tuple[str, int]] = set()
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS atlas_tag_schema (version INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS atlas_tag_datasets (
+# The migrations (see BaseTagStore.MIGRATIONS): append, never edit one that has shipped, and keep
+# atlas_tag_schema, which older code reads to refuse a newer database.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the tables.
+    (
+        """CREATE TABLE IF NOT EXISTS atlas_tag_datasets (
         dataset TEXT PRIMARY KEY,
         tags_created BIGINT NOT NULL DEFAULT 0
     )""",
-    """CREATE TABLE IF NOT EXISTS atlas_tags (
+        """CREATE TABLE IF NOT EXISTS atlas_tags (
         seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         dataset TEXT NOT NULL REFERENCES atlas_tag_datasets(dataset) ON DELETE CASCADE,
         tag_id TEXT NOT NULL UNIQUE,
@@ -59,12 +63,14 @@ _SCHEMA = (
         description TEXT,
         UNIQUE (dataset, name)
     )""",
-    """CREATE TABLE IF NOT EXISTS atlas_tag_members (
+        """CREATE TABLE IF NOT EXISTS atlas_tag_members (
         tag_seq BIGINT NOT NULL REFERENCES atlas_tags(seq) ON DELETE CASCADE,
         datum_id TEXT NOT NULL,
         PRIMARY KEY (tag_seq, datum_id)
     )""",
+    ),
 )
+SCHEMA_VERSION = len(_MIGRATIONS)
 # Python's str order (code points) rather than the database's locale, as SQLite sorts.
 _SORTED = 'ORDER BY datum_id COLLATE "C"'
 
@@ -78,6 +84,8 @@ class PostgresTagStore(BaseTagStore):
         dataset: The dataset's key in the shared tables (its partition key).
         valid_ids: See :class:`~atlas_assets.lib.tagstore.BaseTagStore`.
     """
+
+    MIGRATIONS = _MIGRATIONS
 
     def __init__(
         self,
@@ -95,35 +103,53 @@ class PostgresTagStore(BaseTagStore):
     def __str__(self) -> str:
         return f"tag store {pg.redact(self.url)} (dataset {self.dataset!r})"
 
+    def _schema_location(self) -> str:
+        return f"{SETTING} ({pg.redact(self.url)})"
+
     # -- connections and transactions ---------------------------------------------------------
 
     def _connect(self):
         con = pg.connect(self.url, SETTING)
-        if self.url not in _READY:
+        ready = (self.url, self.schema_version)
+        if ready not in _READY:
             try:
                 self._ensure_schema(con)
             except BaseException:
                 con.close()
                 raise
-            _READY.add(self.url)
+            _READY.add(ready)
         return con
 
     @staticmethod
-    def _ensure_schema(con) -> None:
+    def _recorded_version(con) -> int | None:
+        """The version ``atlas_tag_schema`` records, ``None`` if it records none."""
+        if con.execute("SELECT to_regclass('atlas_tag_schema')").fetchone()[0] is None:
+            return None
+        return con.execute("SELECT max(version) FROM atlas_tag_schema").fetchone()[0]
+
+    def _stored_version(self, con) -> int:
+        """The tables' version: 0 for none, 1 for tables from before it was recorded."""
+        recorded = self._recorded_version(con)
+        if recorded is not None:
+            return recorded
+        return 1 if con.execute("SELECT to_regclass('atlas_tags')").fetchone()[0] else 0
+
+    def _ensure_schema(self, con) -> None:
+        with con.transaction():
+            recorded, version = self._recorded_version(con), self._stored_version(con)
+        self._check_schema(version)  # a newer database: refused before taking any lock
+        if recorded == self.schema_version:
+            return
         with con.transaction():
             con.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for stmt in _SCHEMA:
-                con.execute(stmt)
-            row = con.execute("SELECT max(version) FROM atlas_tag_schema").fetchone()
-            version = row[0]
-            if version is None:
-                con.execute("INSERT INTO atlas_tag_schema VALUES (%s)", (SCHEMA_VERSION,))
-                version = SCHEMA_VERSION
-        if version != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"The tag tables in {pg.redact(con.info.dsn)} have schema version {version}; "
-                f"this code understands version {SCHEMA_VERSION}. Upgrade atlas_assets."
-            )
+            # Re-read under the lock: another process may have just migrated.
+            self._migrate(con, self._stored_version(con))
+            if self._recorded_version(con) != self.schema_version:
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS atlas_tag_schema (version INTEGER NOT NULL)"
+                )
+                con.execute("DELETE FROM atlas_tag_schema")
+                con.execute("INSERT INTO atlas_tag_schema VALUES (%s)", (self.schema_version,))
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator:
@@ -138,6 +164,13 @@ class PostgresTagStore(BaseTagStore):
                 con.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 con.read_only = True
             with con.transaction():
+                if write:
+                    # Never across a migration (which holds the lock exclusively); read after it,
+                    # the version below is the migrated one.
+                    con.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_SCHEMA_LOCK,))
+                # Upgraded by a newer process since this one opened the database? Then refuse.
+                (version,) = con.execute("SELECT max(version) FROM atlas_tag_schema").fetchone()
+                self._check_schema(version or 0)
                 if write:
                     # Upsert-and-lock in one statement; DO UPDATE (not NOTHING) so the row is
                     # locked whether it was just made or already there.

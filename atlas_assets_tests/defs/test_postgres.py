@@ -3,8 +3,8 @@
 With ``ATLAS_DAGSTER_PG_URL`` and ``ATLAS_TAGS_URL`` set, a build from Python, the inbox
 sensor's run request, the publishing sensor and the refresh schedule all run against one
 PostgreSQL database, and nothing is kept in SQLite: first ticked and run in this process, then
-by the real ``dagster-daemon`` with a run launched as the UI launches one. Bad settings fail
-first, with one error naming the setting.
+by the real webserver and daemon (``dagster dev``) with a run launched through the webserver as
+the UI launches one. Bad settings fail first, with one error naming the setting.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -230,70 +231,191 @@ def test_the_cli_says_which_setting_is_wrong_without_a_traceback(store, postgres
     assert main(["tags", "cli"]) == 0  # the default store was not touched
 
 
-def test_the_daemon_runs_launched_runs_and_the_inbox_sensor_on_postgres(on_postgres, store, arxiv):
-    """The real thing, in processes of its own: a run launched as the UI launches one (queued
-    in PostgreSQL), and a file dropped in the inbox; the Dagster daemon dequeues and launches
-    the first, ticks the inbox sensor, launches its run, and the publishing sensor publishes
-    both maps."""
+# What the UI's job page sends for "Materialize all" on one partition of an asset job (Dagster
+# 1.13's ui-core: LaunchAssetExecutionButton.tsx, ConfigFetch.tsx, LaunchAssetChoosePartitions
+# Dialog.tsx), trimmed to the fields the launch reads.
+UI_ASSET_NODES = """
+query LaunchAssetLoaderJobQuery($job: PipelineSelector!) {
+  assetNodes(pipeline: $job) {
+    id
+    assetKey { path }
+    assetChecksOrError { ... on AssetChecks { checks { name jobNames } } }
+  }
+}"""
+UI_PARTITION_CONFIG = """
+query ConfigPartitionForAssetJobQuery($repositoryName: String!, $repositoryLocationName: String!,
+    $jobName: String!, $partitionName: String!, $assetKeys: [AssetKeyInput!]!) {
+  pipelineOrError(params: {pipelineName: $jobName, repositoryName: $repositoryName,
+      repositoryLocationName: $repositoryLocationName}) {
+    ... on Pipeline {
+      partition(partitionName: $partitionName, selectedAssetKeys: $assetKeys) {
+        runConfigOrError { ... on PartitionRunConfig { yaml } ... on PythonError { message } }
+        tagsOrError {
+          ... on PartitionTags { results { key value } }
+          ... on PythonError { message }
+        }
+      }
+    }
+    ... on PythonError { message }
+  }
+}"""
+UI_LAUNCH = """
+mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { id pipelineName } }
+    ... on PipelineNotFoundError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message }
+  }
+}"""
+UI_RUN = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) { ... on Run { status tags { key value } } }
+}"""
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    """One request to the webserver's GraphQL endpoint, as the UI makes it; its ``data``."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)
+    assert not answer.get("errors"), answer["errors"]
+    return answer["data"]
+
+
+def launch_as_the_ui(port: int, job: str, partition: str) -> str:
+    """Launch ``job`` for one partition as the UI's "Materialize all" does; the run id.
+
+    Waits for the webserver to serve the code location first."""
+    selector = {
+        "repositoryLocationName": "atlas_assets",
+        "repositoryName": "__repository__",
+        "pipelineName": job,
+    }
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            nodes = graphql(port, UI_ASSET_NODES, {"job": selector})["assetNodes"]
+            if nodes:
+                break
+        except (OSError, AssertionError):  # not listening yet, or the location still loading
+            pass
+        assert time.monotonic() < deadline, "the webserver never served the code location"
+        time.sleep(1)
+    assets = [{"path": n["assetKey"]["path"]} for n in nodes]
+    checks = [
+        {"name": c["name"], "assetKey": {"path": n["assetKey"]["path"]}}
+        for n in nodes
+        for c in (n["assetChecksOrError"] or {}).get("checks", [])
+        if not c["jobNames"] or job in c["jobNames"]
+    ]
+    config = graphql(
+        port,
+        UI_PARTITION_CONFIG,
+        {
+            "repositoryName": selector["repositoryName"],
+            "repositoryLocationName": selector["repositoryLocationName"],
+            "jobName": job,
+            "partitionName": partition,
+            "assetKeys": assets,
+        },
+    )["pipelineOrError"]["partition"]
+    tags = config["tagsOrError"]["results"] + [{"key": "dagster/from_ui", "value": "true"}]
+    params = {
+        "mode": "default",
+        "executionMetadata": {"tags": tags},
+        "runConfigData": config["runConfigOrError"]["yaml"],
+        "selector": {**selector, "assetSelection": assets, "assetCheckSelection": checks},
+    }
+    launched = graphql(port, UI_LAUNCH, {"executionParams": params})["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["id"]
+
+
+def test_the_ui_and_the_daemon_run_builds_on_postgres(on_postgres, store, arxiv, static_model):
+    """The real thing, in processes of its own, as ``make dev`` runs it (``dagster dev``: the real
+    dagster-webserver and dagster-daemon sharing one code server): a build launched through the
+    webserver's GraphQL endpoint as the UI's "Materialize" launches it, and a file dropped in the
+    inbox; the run is queued in PostgreSQL, the daemon dequeues and launches it, ticks the inbox
+    sensor and launches its run, and the publishing sensor publishes both maps. Small and on
+    the static embedding path (no topics, no duplicates): the processes are what is tested."""
     from atlas_assets.defs.partitions import atlas_datasets
     from atlas_assets.inbox import SETTLE_SECONDS
+    from atlas_assets.lib import static_embed
     from atlas_assets.store import dataset_paths, published
+    from atlas_assets_tests.pg import free_port
 
     root = Path(__file__).resolve().parents[2]
     bin_dir = Path(sys.executable).parent
+    # As if distilled on this machine before (distilling the whole table takes a minute).
+    static_embed.save(static_model, static_embed.model_file(home=store), source="test")
+    fast = {
+        "embedding_model": {"mode": "static"},
+        "topic_model": False,
+        "duplicate_detection": False,
+    }
     ds = AtlasDataset("launched", unique_id_field="arxiv_id")
     ds.add_data(arxiv.head(12))
-    ds.configure_index(indexed_field="title")
+    ds.configure_index(indexed_field="title", **fast)
     ensure_dagster_home()
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(atlas_datasets.name, ["launched"])
-    subprocess.run(
-        [str(bin_dir / "dagster"), "job", "launch", "-w", "workspace.yaml", "-j", "build_map"]
-        + ["--tags", json.dumps({"dagster/partition": "launched"})],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
     inbox = store / "inbox" / "dropped"
     inbox.mkdir(parents=True)
     (inbox / "atlas.json").write_text(
-        json.dumps({"unique_id_field": "arxiv_id", "indexed_field": "title"})
+        json.dumps({"unique_id_field": "arxiv_id", "indexed_field": "title", **fast})
     )
     arxiv.iloc[20:30].to_csv(inbox / "batch.csv", index=False)
     past = time.time() - SETTLE_SECONDS - 5
     for path in inbox.iterdir():
         os.utime(path, (past, past))
 
-    log = store / "daemon.log"
+    port = free_port()
+    log = store / "dev.log"
     with log.open("w") as out:
-        daemon = subprocess.Popen(
-            [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        dev = subprocess.Popen(
+            [str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml"]
+            + ["-h", "127.0.0.1", "-p", str(port)],
             cwd=root,
             stdout=out,
             stderr=subprocess.STDOUT,
-            # Its own process group: the daemon's code server goes with it at the end.
+            # Its own process group: its webserver, daemon and code server go with it.
             start_new_session=True,
         )
     try:
+        run_id = launch_as_the_ui(port, "build_map", "launched")
         deadline = time.monotonic() + 600
         maps = {key: dataset_paths(key) for key in ("launched", "dropped")}
         while time.monotonic() < deadline:
             if all(published(p).resources for p in maps.values()):
                 break
-            assert daemon.poll() is None, log.read_text()[-3000:]
-            time.sleep(2)
+            assert dev.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        # The UI sees the run it launched succeed, with the partition it asked for.
+        run = graphql(port, UI_RUN, {"runId": run_id})["runOrError"]
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
+        os.killpg(dev.pid, signal.SIGTERM)
         try:
-            daemon.wait(60)
+            dev.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
         time.sleep(2)  # the code server's own shutdown
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(daemon.pid, signal.SIGKILL)
+            os.killpg(dev.pid, signal.SIGKILL)
     assert all(published(p).resources for p in maps.values()), log.read_text()[-3000:]
+    assert run["status"] == "SUCCESS"
+    assert {"key": "dagster/partition", "value": "launched"} in run["tags"]
+    assert {"key": "dagster/from_ui", "value": "true"} in run["tags"]
     by_partition = dict(rows(on_postgres, "SELECT partition, status FROM runs"))
     assert by_partition == {"launched": "SUCCESS", "dropped": "SUCCESS"}
+    # Both maps read back through the public API, in a store nothing of which is in SQLite.
+    assert AtlasDataset("launched").maps[0].data.tb.num_rows == 12
     assert AtlasDataset("dropped").maps[0].data.tb.num_rows == 10
+    assert not [p.name for p in (store / ".dagster").rglob("*.db")]

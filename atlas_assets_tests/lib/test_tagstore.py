@@ -2,7 +2,8 @@
 
 The promises are tested on both backends, SQLite (the local default) and PostgreSQL (a real
 server, see the ``postgres`` fixture): ``new_store`` makes a store of the backend the test is
-parametrized with. SQLite's own mechanics (WAL, schema version, its file) are tested apart.
+parametrized with, and ``tables`` gives schema tests raw access to a fresh file or database.
+SQLite's own mechanics (WAL, its file) are tested apart.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from atlas_assets.lib.tagstore import (
     PALETTE,
     SCHEMA_VERSION,
     BaseTagStore,
+    NewerSchemaError,
     TagStore,
 )
+from atlas_assets.lib.tagstore_pg import PostgresTagStore
+from atlas_assets_tests.pg import PASSWORD
 
 IDS = [f"d{i:05d}" for i in range(1000)]
 BACKENDS = ["sqlite", "postgres"]
@@ -36,8 +40,6 @@ def new_store(request, tmp_path) -> Callable[..., BaseTagStore]:
     """Makes a store of the test's backend: each call a new, empty one (a new SQLite file, or a
     new dataset key in the shared PostgreSQL database); ``again(store)`` reopens one."""
     if request.param == "postgres":
-        from atlas_assets.lib.tagstore_pg import PostgresTagStore
-
         url = request.getfixturevalue("tags_db")
 
         def make(valid_ids=None) -> BaseTagStore:
@@ -273,16 +275,6 @@ def test_sqlite_file_is_wal_with_a_schema_version(tmp_path):
         con.close()
 
 
-def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "tags.sqlite"
-    TagStore(path).add(["x"], "t")
-    con = sqlite3.connect(path)
-    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    con.close()
-    with pytest.raises(RuntimeError, match="schema version"):
-        TagStore(path).get_tags()
-
-
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TagStore(tmp_path / "nope" / "tags.sqlite").get_tags()
@@ -457,3 +449,273 @@ def test_writers_creating_the_same_tag_at_once_both_succeed(new_store):
     assert [t["metadata"]["color"] for t in tags] == [
         PALETTE[i % len(PALETTE)] for i in range(rounds)
     ]
+
+
+# -- schema versions ------------------------------------------------------------------------
+
+# The tables exactly as the code before schema migrations (commit 88909b0) created them.
+SQLITE_V1 = (
+    """CREATE TABLE IF NOT EXISTS tags (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tag_id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    color TEXT,
+    description TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS memberships (
+    tag_seq INTEGER NOT NULL REFERENCES tags(seq),
+    datum_id TEXT NOT NULL,
+    PRIMARY KEY (tag_seq, datum_id)
+) WITHOUT ROWID""",
+)
+PG_V1 = (
+    """CREATE TABLE IF NOT EXISTS atlas_tag_schema (version INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS atlas_tag_datasets (
+        dataset TEXT PRIMARY KEY,
+        tags_created BIGINT NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE IF NOT EXISTS atlas_tags (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        dataset TEXT NOT NULL REFERENCES atlas_tag_datasets(dataset) ON DELETE CASCADE,
+        tag_id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        created TEXT NOT NULL,
+        color TEXT,
+        description TEXT,
+        UNIQUE (dataset, name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS atlas_tag_members (
+        tag_seq BIGINT NOT NULL REFERENCES atlas_tags(seq) ON DELETE CASCADE,
+        datum_id TEXT NOT NULL,
+        PRIMARY KEY (tag_seq, datum_id)
+    )""",
+)
+# Version 1's tags, as that code wrote them: (tag_id, name, created, color, members).
+OLD_TAGS = [
+    ("11111111-aaaa", "keep", "2026-11-02T10:00:00.000+00:00", PALETTE[0], ["d00002", "d00001"]),
+    ("22222222-bbbb", "empty", "2026-11-02T10:05:00.000+00:00", PALETTE[1], []),
+]
+
+
+def _next(table: str) -> tuple[str, ...]:
+    """A version 2 as a later release might add: a column filled for the existing rows, and a
+    table whose single row shows the migration ran once (run twice, the ALTER fails)."""
+    return (
+        f"ALTER TABLE {table} ADD COLUMN note TEXT",
+        f"UPDATE {table} SET note = 'from version 1'",
+        "CREATE TABLE migrated (n INTEGER PRIMARY KEY)",
+        "INSERT INTO migrated VALUES (1)",
+    )
+
+
+class NextTagStore(TagStore):
+    MIGRATIONS = (*TagStore.MIGRATIONS, _next("tags"))
+
+
+class NextPostgresTagStore(PostgresTagStore):
+    MIGRATIONS = (*PostgresTagStore.MIGRATIONS, _next("atlas_tags"))
+
+
+class BrokenTagStore(TagStore):
+    MIGRATIONS = (*TagStore.MIGRATIONS, (*_next("tags")[:2], "SELECT * FROM no_such_table"))
+
+
+class BrokenPostgresTagStore(PostgresTagStore):
+    MIGRATIONS = (
+        *PostgresTagStore.MIGRATIONS,
+        (*_next("atlas_tags")[:2], "SELECT * FROM no_such_table"),
+    )
+
+
+class SqliteTables:
+    """One fresh SQLite tag file, and raw SQL on it."""
+
+    kind = "sqlite"
+    tags_table = "tags"
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.where = f"Tag file {path}"  # how errors name it
+
+    def store(self, kind: str = "") -> BaseTagStore:
+        cls = {"": TagStore, "next": NextTagStore, "broken": BrokenTagStore}[kind]
+        return cls(self.path)
+
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        con = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            return con.execute(statement, params).fetchall()
+        finally:
+            con.close()
+
+    def version(self) -> int:
+        return self.sql("PRAGMA user_version")[0][0]
+
+    def set_version(self, version: int) -> None:
+        self.sql(f"PRAGMA user_version = {version}")
+
+    def create_v1(self, *, recorded: bool) -> None:
+        for statement in SQLITE_V1:
+            self.sql(statement)
+        if recorded:
+            self.set_version(1)
+        for seq, (tag_id, name, created, color, members) in enumerate(OLD_TAGS, 1):
+            self.sql(
+                "INSERT INTO tags (tag_id, name, created, color) VALUES (?, ?, ?, ?)",
+                (tag_id, name, created, color),
+            )
+            for datum in members:
+                self.sql("INSERT INTO memberships VALUES (?, ?)", (seq, datum))
+
+    def rows(self) -> list[tuple]:
+        return self.sql("SELECT * FROM tags ORDER BY seq") + self.sql(
+            "SELECT * FROM memberships ORDER BY tag_seq, datum_id"
+        )
+
+
+class PostgresTables:
+    """One fresh PostgreSQL database (the schema tests change its tables), and raw SQL on it."""
+
+    kind = "postgres"
+    tags_table = "atlas_tags"
+    dataset = "old"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = f"ATLAS_TAGS_URL ({url.replace(PASSWORD, '***')})"
+
+    def store(self, kind: str = "") -> BaseTagStore:
+        cls = {"": PostgresTagStore, "next": NextPostgresTagStore}.get(kind, BrokenPostgresTagStore)
+        return cls(self.url, self.dataset)
+
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as con:
+            cur = con.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+    def version(self) -> int:
+        return self.sql("SELECT max(version) FROM atlas_tag_schema")[0][0]
+
+    def set_version(self, version: int) -> None:
+        self.sql("UPDATE atlas_tag_schema SET version = %s", (version,))
+
+    def create_v1(self, *, recorded: bool) -> None:
+        for statement in PG_V1 if recorded else PG_V1[1:]:
+            self.sql(statement)
+        if recorded:
+            self.sql("INSERT INTO atlas_tag_schema VALUES (1)")
+        self.sql("INSERT INTO atlas_tag_datasets VALUES (%s, %s)", (self.dataset, len(OLD_TAGS)))
+        for tag_id, name, created, color, members in OLD_TAGS:
+            (seq,) = self.sql(
+                "INSERT INTO atlas_tags (dataset, tag_id, name, created, color) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING seq",
+                (self.dataset, tag_id, name, created, color),
+            )[0]
+            for datum in members:
+                self.sql("INSERT INTO atlas_tag_members VALUES (%s, %s)", (seq, datum))
+
+    def rows(self) -> list[tuple]:
+        return (
+            self.sql("SELECT * FROM atlas_tag_datasets ORDER BY dataset")
+            + self.sql("SELECT * FROM atlas_tags ORDER BY seq")
+            + self.sql("SELECT * FROM atlas_tag_members ORDER BY tag_seq, datum_id")
+        )
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=BACKENDS)
+def tables(request, tmp_path) -> SqliteTables | PostgresTables:
+    """A fresh tag file, or a fresh database on the session's PostgreSQL server."""
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres")
+        return PostgresTables(server.create_database(f"tag_schema_{next(_databases)}"))
+    return SqliteTables(tmp_path / "tags.sqlite")
+
+
+def old_tags_intact(store: BaseTagStore) -> None:
+    assert [
+        (t["tag_id"], t["tag_name"], t["metadata"]["created"], t["metadata"]["color"])
+        for t in store.get_tags()
+    ] == [tag[:4] for tag in OLD_TAGS]
+    assert store.counts() == {"keep": 2, "empty": 0}
+    assert store.get_datums_in_tag("keep") == ["d00001", "d00002"]
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["version-1", "no-version"])
+def test_tables_from_before_migrations_are_version_1_and_upgraded_in_place(tables, recorded):
+    """Tables as the code before migrations made them (with its version 1 recorded, or none
+    at all) open as version 1, and the next version's migration runs on them once, keeping
+    every tag."""
+    tables.create_v1(recorded=recorded)
+    old_tags_intact(tables.store())  # today's version: recognised, nothing to migrate
+    assert tables.version() == 1  # recorded now if it was not
+    upgraded = tables.store("next")
+    old_tags_intact(upgraded)
+    assert tables.version() == 2
+    assert tables.sql(f"SELECT note FROM {tables.tags_table}") == [("from version 1",)] * 2
+    assert tables.sql("SELECT n FROM migrated") == [(1,)]
+    assert upgraded.add(["d00003"], "keep") == 1  # and the upgraded tables take writes
+    assert tables.store("next").get_datums_in_tag("keep") == ["d00001", "d00002", "d00003"]
+    assert tables.sql("SELECT n FROM migrated") == [(1,)]  # a second opener migrates nothing
+
+
+def test_a_newer_schema_is_refused_naming_where_and_nothing_is_written(tables):
+    """Tables a newer release wrote: one line naming the setting or the file, whether this
+    process opens them afresh or had opened them before the newer release upgraded them."""
+    tables.create_v1(recorded=True)
+    running = tables.store()
+    old_tags_intact(running)  # a long-running process, before the upgrade
+    tables.store("next").get_tags()  # a newer release opens the tables: version 2 now
+    before = tables.rows()
+    for store in (running, tables.store()):
+        for call in (
+            lambda s: s.add(["d00009"], "keep"),
+            lambda s: s.replace_members("fresh", ["d00009"]),
+            lambda s: s.remove(None, "keep", delete_all=True),
+            lambda s: s.get_tags(),
+            lambda s: s.counts(),
+        ):
+            with pytest.raises(NewerSchemaError) as caught:
+                call(store)
+            message = str(caught.value)
+            assert message == (
+                f"{tables.where} holds tags of schema version 2, written by a newer "
+                f"atlas-assets (this one knows up to version {SCHEMA_VERSION}); upgrade "
+                "atlas-assets to use it. Nothing was read or written."
+            )
+    assert tables.rows() == before and tables.version() == 2
+
+
+def test_a_failing_migration_changes_nothing(tables):
+    tables.create_v1(recorded=True)
+    before = tables.rows()
+    with pytest.raises(Exception, match="no_such_table"):
+        tables.store("broken").get_tags()
+    assert tables.version() == 1 and tables.rows() == before  # no column added, no tag lost
+    old_tags_intact(tables.store())
+
+
+def _open_next(tables, worker: int, barrier) -> None:
+    barrier.wait(60)
+    tables.store("next").add([f"p{worker}"], "racing")
+
+
+def test_two_processes_opening_an_old_store_at_once_migrate_it_once(tables):
+    tables.create_v1(recorded=True)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_open_next, args=(tables, w, barrier)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert tables.sql("SELECT n FROM migrated") == [(1,)] and tables.version() == 2
+    store = tables.store("next")
+    assert store.get_datums_in_tag("racing") == ["p0", "p1"]
+    assert store.get_datums_in_tag("keep") == ["d00001", "d00002"]
