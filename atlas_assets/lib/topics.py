@@ -70,6 +70,8 @@ LEIDEN_ITERATIONS = -1
 # gains of splits that kept their number of topics were 0.0005 to 0.005, up to 0.02 in small
 # splits; a group of new rows that forms a topic of its own is kept without this margin.
 KEEP_MARGIN = 0.01
+# Edges formatted at a time for igraph's reader (_igraph): 72 MB of text.
+EDGE_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -448,19 +450,44 @@ def _knn_adjacency(knn: KnnGraph, n: int) -> sp.csr_matrix:
 def _igraph(A: sp.csr_matrix):
     """``A`` (symmetric, weighted) as an undirected igraph graph with a ``weight`` per edge.
 
-    Built once per tree, each edge once (upper triangle, read straight off the CSR arrays):
-    igraph reads edges in one by one, which at 1M rows costs more than a Leiden pass; each
+    Built once per tree, each edge once (upper triangle, read straight off the CSR arrays), and
+    through igraph's edge-list reader: handed a Python sequence or an array, igraph converts
+    every edge to Python objects first, which at 1M rows (30M edges) took 5.6 GB on top of the
+    graph and most of a minute; the text takes 18 bytes an edge, in a temporary file. Each
     split then takes an induced subgraph, in C.
     """
+    import tempfile
+
     import igraph as ig
 
     n = A.shape[0]
     rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(A.indptr))
     upper = A.indices > rows
-    graph = ig.Graph(n=n, edges=np.column_stack([rows[upper], A.indices[upper]]))
+    heads, tails = rows[upper], A.indices[upper]
     del rows
+    with tempfile.TemporaryFile() as f:
+        for start in range(0, heads.size, EDGE_CHUNK):
+            stop = start + EDGE_CHUNK
+            f.write(_edge_lines(heads[start:stop], tails[start:stop], n))
+        f.seek(0)
+        graph = ig.Graph.Read_Edgelist(f, directed=False)
+    graph.add_vertices(n - graph.vcount())  # trailing rows without edges
     graph.es["weight"] = A.data[upper]
     return graph
+
+
+def _edge_lines(heads: np.ndarray, tails: np.ndarray, n: int) -> bytes:
+    """``"head tail\\n"`` lines, ids zero-padded to the width of ``n - 1``."""
+    width = len(str(max(n - 1, 1)))
+    out = np.empty((heads.size, 2, width + 1), np.uint8)
+    for j, ids in enumerate((heads, tails)):
+        x = ids.astype(np.int64)
+        for p in range(width - 1, -1, -1):
+            x, digit = np.divmod(x, 10)
+            out[:, j, p] = 48 + digit  # ASCII "0" + digit
+    out[:, 0, width] = ord(" ")
+    out[:, 1, width] = ord("\n")
+    return out.tobytes()
 
 
 def _communities(
