@@ -70,6 +70,8 @@ LEIDEN_ITERATIONS = -1
 # gains of splits that kept their number of topics were 0.0005 to 0.005, up to 0.02 in small
 # splits; a group of new rows that forms a topic of its own is kept without this margin.
 KEEP_MARGIN = 0.01
+# Edges formatted at a time for igraph's reader (_igraph): 72 MB of text.
+EDGE_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -432,29 +434,60 @@ def _knn_adjacency(knn: KnnGraph, n: int) -> sp.csr_matrix:
     """Symmetric weighted adjacency of the kNN graph: weight = cosine similarity, floored at 0.
 
     The union of both directions is kept (max weight), so hubs and outliers stay connected.
+    Indices in int32 (int64 row and column arrays held 0.5 GB at 1M rows and k = 30); weights
+    in float64 as before, so the partitions stay exactly those of earlier builds.
     """
-    idx = np.asarray(knn.indices, dtype=np.int64)
-    dist = np.asarray(knn.distances, dtype=np.float64)
-    rows = np.repeat(np.arange(n), idx.shape[1])
-    cols = idx.ravel()
-    w = np.clip(1.0 - dist.ravel(), 0.0, None)
+    k = knn.indices.shape[1]
+    cols = np.asarray(knn.indices).reshape(-1)
+    w = np.clip(1.0 - np.asarray(knn.distances, dtype=np.float64).reshape(-1), 0.0, None)
+    rows = np.repeat(np.arange(n, dtype=np.int32), k)
     ok = (cols >= 0) & (cols < n) & (cols != rows) & np.isfinite(w) & (w > 0)
-    A = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=(n, n))
+    A = sp.csr_matrix((w[ok], (rows[ok], cols[ok].astype(np.int32))), shape=(n, n))
+    del rows, cols, w, ok
     return A.maximum(A.T).tocsr()
 
 
 def _igraph(A: sp.csr_matrix):
     """``A`` (symmetric, weighted) as an undirected igraph graph with a ``weight`` per edge.
 
-    Built once per tree: igraph copies edges in from Python one by one, which at 1M rows cost
-    more than the clustering itself; each split then takes an induced subgraph, in C.
+    Built once per tree, each edge once (upper triangle, read straight off the CSR arrays), and
+    through igraph's edge-list reader: handed a Python sequence or an array, igraph converts
+    every edge to Python objects first, which at 1M rows (30M edges) took 5.6 GB on top of the
+    graph and most of a minute; the text takes 18 bytes an edge, in a temporary file. Each
+    split then takes an induced subgraph, in C.
     """
+    import tempfile
+
     import igraph as ig
 
-    coo = sp.triu(A, k=1).tocoo()
-    graph = ig.Graph(n=A.shape[0], edges=np.column_stack([coo.row, coo.col]))
-    graph.es["weight"] = coo.data
+    n = A.shape[0]
+    rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(A.indptr))
+    upper = A.indices > rows
+    heads, tails = rows[upper], A.indices[upper]
+    del rows
+    with tempfile.TemporaryFile() as f:
+        for start in range(0, heads.size, EDGE_CHUNK):
+            stop = start + EDGE_CHUNK
+            f.write(_edge_lines(heads[start:stop], tails[start:stop], n))
+        f.seek(0)
+        graph = ig.Graph.Read_Edgelist(f, directed=False)
+    graph.add_vertices(n - graph.vcount())  # trailing rows without edges
+    graph.es["weight"] = A.data[upper]
     return graph
+
+
+def _edge_lines(heads: np.ndarray, tails: np.ndarray, n: int) -> bytes:
+    """``"head tail\\n"`` lines, ids zero-padded to the width of ``n - 1``."""
+    width = len(str(max(n - 1, 1)))
+    out = np.empty((heads.size, 2, width + 1), np.uint8)
+    for j, ids in enumerate((heads, tails)):
+        x = ids.astype(np.int64)
+        for p in range(width - 1, -1, -1):
+            x, digit = np.divmod(x, 10)
+            out[:, j, p] = 48 + digit  # ASCII "0" + digit
+    out[:, 0, width] = ord(" ")
+    out[:, 1, width] = ord("\n")
+    return out.tobytes()
 
 
 def _communities(
@@ -506,9 +539,14 @@ def _min_topic_size(n: int) -> int:
     return max(3, int(round(math.sqrt(n) / 2)))
 
 
-def _assign_noise(labels: np.ndarray, A: sp.csr_matrix, latent: np.ndarray) -> np.ndarray:
+def _assign_noise(
+    labels: np.ndarray, A: sp.csr_matrix, latent: np.ndarray, rows: np.ndarray | None = None
+) -> np.ndarray:
     """Give every ``-1`` row the topic most of its kNN neighbours are in (weighted vote,
-    repeated so assignments propagate inward), else the nearest centroid in latent space."""
+    repeated so assignments propagate inward), else the nearest centroid in latent space.
+
+    ``rows`` are the latent rows of ``A``'s vertices (``None``: all of them, in order), read
+    only for isolated rows: a copy of the latent would take 1.5 GB at 1M rows."""
     labels = labels.copy()
     n_topics = int(labels.max()) + 1
     for _ in range(10):
@@ -527,23 +565,29 @@ def _assign_noise(labels: np.ndarray, A: sp.csr_matrix, latent: np.ndarray) -> n
         labels[todo[has]] = votes[has].argmax(axis=1)
     todo = np.flatnonzero(labels < 0)
     if todo.size:  # isolated rows
+        rows = np.arange(labels.size) if rows is None else rows
         ids = np.unique(labels[labels >= 0])
-        cents = np.vstack([latent[labels == c].mean(axis=0) for c in ids])
-        labels[todo] = ids[np.argmax(latent[todo] @ cents.T, axis=1)]
+        cents = np.vstack([latent[rows[labels == c]].mean(axis=0) for c in ids])
+        labels[todo] = ids[np.argmax(latent[rows[todo]] @ cents.T, axis=1)]
     return labels
 
 
 def _reassign_small(
-    labels: np.ndarray, A: sp.csr_matrix, latent: np.ndarray, min_size: int
+    labels: np.ndarray,
+    A: sp.csr_matrix,
+    latent: np.ndarray,
+    min_size: int,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Dissolve communities below ``min_size`` into kept ones; labels renumbered by size."""
+    """Dissolve communities below ``min_size`` into kept ones; labels renumbered by size.
+    ``rows`` as for :func:`_assign_noise`."""
     labels = labels.copy()
     sizes = np.bincount(labels)
     keep = sizes >= min_size
     if not keep.any():  # nothing is big enough: keep the largest community alone
         keep[int(np.argmax(sizes))] = True
     labels[~keep[labels]] = -1
-    return _renumber(_assign_noise(labels, A, latent))
+    return _renumber(_assign_noise(labels, A, latent, rows))
 
 
 def _renumber(labels: np.ndarray) -> np.ndarray:
@@ -572,11 +616,12 @@ def _split(
     min_size = _min_topic_size(m)
     if m < 2 * min_size:
         return None
-    sub = A[members][:, members].tocsr()
+    # The whole graph (depth 1) as it is: a copy of it would hold another 0.5 GB at 1M rows.
+    whole = m == graph.vcount()
+    sub = A if whole else A[members][:, members].tocsr()
     if sub.nnz == 0:
         return None
     # igraph numbers the subgraph's vertices in the order of the original ids: sorted members.
-    whole = m == graph.vcount()
     g = graph if whole else graph.induced_subgraph(members)
     start = None if initial is None else initial[members]
     if start is not None and (start < 0).any() and (start >= 0).any():
@@ -586,12 +631,12 @@ def _split(
         # old topics' balance: by 1 when new rows mingle with old ones, by the growth of the
         # total when they only link to each other.
         new = start < 0
-        total = float(sub.sum())
-        resolution *= total / max(total - float(sub[new][:, new].sum()), 1e-12)
+        total = float(sub.sum(dtype=np.float64))
+        resolution *= total / max(total - float(sub[new][:, new].sum(dtype=np.float64)), 1e-12)
     labels = _communities(g, resolution, seed, method, start)
-    labels = _reassign_small(labels, sub, latent[members], min_size)
+    labels = _reassign_small(labels, sub, latent, min_size, members)
     if start is not None and (start >= 0).any():
-        labels = _hysteresis(labels, start, g, sub, latent[members], resolution, min_size)
+        labels = _hysteresis(labels, start, g, sub, latent, members, resolution, min_size)
     return labels if labels.max() >= 1 else None
 
 
@@ -601,6 +646,7 @@ def _hysteresis(
     graph,
     A: sp.csr_matrix,
     latent: np.ndarray,
+    rows: np.ndarray,
     resolution: float,
     min_size: int,
 ) -> np.ndarray:
@@ -618,7 +664,7 @@ def _hysteresis(
     share_new = np.bincount(labels, weights=fresh.astype(float)) / np.bincount(labels)
     for c in np.flatnonzero(share_new > 0.5):
         old[fresh & (labels == c)] = int(old.max()) + 1
-    old = _reassign_small(_assign_noise(old, A, latent), A, latent, min_size)
+    old = _reassign_small(_assign_noise(old, A, latent, rows), A, latent, min_size, rows)
     gain = _modularity(graph, labels, resolution) - _modularity(graph, old, resolution)
     return labels if gain >= KEEP_MARGIN else old
 
@@ -654,12 +700,17 @@ def _graph_tree(
             if labels is None and depth == 0:  # depth 1 always exists
                 labels = np.zeros(n, np.int64)
             if labels is not None:
-                node.children = [
-                    _Node(node.rows[labels == c]) for c in range(int(labels.max()) + 1)
-                ]
+                node.children = [_Node(g) for g in _groups(node.rows, labels)]
                 nxt.extend(node.children)
         frontier = nxt
     return root
+
+
+def _groups(rows: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """``rows[labels == c]`` for each ``c`` in ``0..labels.max()``, in one sort (a mask per
+    community costs rows x communities: 200 million comparisons at depth 1 of 1M rows)."""
+    order = np.argsort(labels, kind="stable")
+    return np.split(rows[order], np.cumsum(np.bincount(labels))[:-1])
 
 
 def _tree_of(assignments: np.ndarray) -> _Node:
@@ -903,6 +954,7 @@ def build_topic_tree(
     else:
         old = None if previous is None else previous.assignments
         root = _graph_tree(A, latent, max_depth, resolutions, seed, community, old)
+    del A  # the labels do not need the graph: at 1M rows it is 0.5 GB
     nodes = _flatten(root, max_depth)
     depth_count = max(d for _, d, _, _ in nodes)
     assignments = np.full((n, depth_count), -1, np.int64)
