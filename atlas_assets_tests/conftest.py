@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,22 @@ def store_at(root: Path) -> Iterator[Path]:
     """Point ATLAS_HOME and DAGSTER_HOME at ``root`` for the body."""
     with environment(ATLAS_HOME=str(root), DAGSTER_HOME=str(root / ".dagster")):
         yield root
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_dagster_state_storage() -> Iterator[None]:
+    """Each test loads Dagster definitions as a new process would. Entering a ``DagsterInstance``
+    sets a context variable (its defs-state storage) that an instance entered and never exited,
+    by a test or by Dagster's test helpers, leaves behind; a later definitions load in that
+    worker then fails on the dead instance ("undefined DagsterInstance weakref"), depending on
+    which tests ran before it."""
+    if "dagster" not in sys.modules:  # tests that never import Dagster stay free of it
+        yield
+        return
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
 
 
 @pytest.fixture
