@@ -152,3 +152,13 @@ def test_dask_knn_benchmark_runs(capsys):
     # Blocks of query rows searched on the workers give the single-machine graph, row for row.
     assert "identical=60000/60000,recall=1.0000," in line and "(ok)" in line
     assert " model_limit=" in line
+
+
+@pytest.mark.slow
+def test_lease_benchmark_runs(capsys, monkeypatch, tmp_path):
+    from benchmarks import lease
+
+    monkeypatch.setenv("ATLAS_HOME", str(tmp_path))  # the benchmark points every setting elsewhere
+    line = lease.main(["--n", "5"])
+    assert _last_line(capsys) == line
+    assert LAST_LINE.match(line).group(1) == "lease" and "lock_ms=" in line

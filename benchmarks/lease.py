@@ -13,10 +13,7 @@ Last line: ``lease: add_data <ms> ms ratio=<with lease / without> target=<=1.2 q
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import result_line
-from benchmarks.shared_store import start_moto, use_store
+from benchmarks.shared_store import moto_bucket, use_store
 
 BLOCK = 5
 
@@ -33,59 +30,37 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=40, help="operations each way (default 40)")
     args = parser.parse_args(argv)
-    saved = {
-        k: os.environ.get(k)
-        for k in ("ATLAS_HOME", "ATLAS_CACHE_DIR", "DAGSTER_HOME", "ATLAS_STORAGE_OPTIONS")
-    }
-    moto, endpoint = start_moto()
-    try:
-        import s3fs
-
+    with moto_bucket(), tempfile.TemporaryDirectory() as tmp:
         from atlas_assets import AtlasDataset
         from atlas_assets.store import dataset_paths, files
 
-        options = {"endpoint_url": endpoint, "key": "bench", "secret": "bench"}
-        s3fs.S3FileSystem(**options).mkdir("bench")
-        os.environ["ATLAS_STORAGE_OPTIONS"] = json.dumps(options)
         real = files.lease_path
-        with tempfile.TemporaryDirectory() as tmp:
-            use_store("s3://bench/store", Path(tmp))
-            ds = AtlasDataset("lease-bench", unique_id_field="id")
-            lock = dataset_paths("lease-bench").lock
-            rows = iter(range(10**9))
-            times: dict[str, dict[str, list[float]]] = {
-                "add_data": {"lease": [], "flock": []},
-                "lock": {"lease": [], "flock": []},
-            }
+        use_store("s3://bench/store", Path(tmp))
+        ds = AtlasDataset("lease-bench", unique_id_field="id")
+        lock = dataset_paths("lease-bench").lock
+        rows = iter(range(10**9))
+        times: dict[str, dict[str, list[float]]] = {
+            "add_data": {"lease": [], "flock": []},
+            "lock": {"lease": [], "flock": []},
+        }
 
-            def add() -> None:
-                ds.add_data(pd.DataFrame({"id": [f"r{next(rows)}" for _ in range(100)]}))
+        def add() -> None:
+            ds.add_data(pd.DataFrame({"id": [f"r{next(rows)}" for _ in range(100)]}))
 
-            def lock_only() -> None:
-                with files.locked(lock):
-                    pass
+        def lock_only() -> None:
+            with files.locked(lock):
+                pass
 
-            add()  # the dataset exists and every connection is open before timing
-            for _ in range(0, args.n, BLOCK):
-                for kind in ("lease", "flock"):
-                    files.lease_path = real if kind == "lease" else (lambda _lock: None)
-                    for what, op in (("add_data", add), ("lock", lock_only)):
-                        for _ in range(BLOCK):
-                            start = time.perf_counter()
-                            op()
-                            times[what][kind].append(time.perf_counter() - start)
-            files.lease_path = real
-    finally:
-        moto.stdin.close()
-        try:
-            moto.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            moto.kill()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        add()  # the dataset exists and every connection is open before timing
+        for _ in range(0, args.n, BLOCK):
+            for kind in ("lease", "flock"):
+                files.lease_path = real if kind == "lease" else (lambda _lock: None)
+                for what, op in (("add_data", add), ("lock", lock_only)):
+                    for _ in range(BLOCK):
+                        start = time.perf_counter()
+                        op()
+                        times[what][kind].append(time.perf_counter() - start)
+        files.lease_path = real
     med = {w: {k: statistics.median(v) * 1000 for k, v in d.items()} for w, d in times.items()}
     for what, by in med.items():
         print(f"{what:9s} with lease {by['lease']:7.1f} ms   flock only {by['flock']:7.1f} ms")

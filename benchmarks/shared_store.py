@@ -19,6 +19,7 @@ quality=open_ratio=<warm S3 open / local open>(goal<=2),...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,41 @@ def start_moto() -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise RuntimeError("moto's server did not start (is moto[server] installed?)")
     return proc, f"http://127.0.0.1:{port}"
+
+
+STORE_SETTINGS = (
+    "ATLAS_HOME",
+    "ATLAS_CACHE_DIR",
+    "DAGSTER_HOME",
+    "ATLAS_STORAGE_OPTIONS",
+    "ATLAS_REFRESH_SECONDS",
+)
+
+
+@contextlib.contextmanager
+def moto_bucket() -> Iterator[dict[str, str]]:
+    """A moto server with the bucket ``bench``, ``ATLAS_STORAGE_OPTIONS`` pointing at it; yields
+    those options. After: the server stopped and this process's store settings restored."""
+    saved = {k: os.environ.get(k) for k in STORE_SETTINGS}
+    moto, endpoint = start_moto()
+    try:
+        import s3fs
+
+        options = {"endpoint_url": endpoint, "key": "bench", "secret": "bench"}
+        s3fs.S3FileSystem(**options).mkdir("bench")
+        os.environ["ATLAS_STORAGE_OPTIONS"] = json.dumps(options)
+        yield options
+    finally:
+        moto.stdin.close()
+        try:
+            moto.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            moto.kill()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def use_store(home: str, work: Path, cache: str = "cache") -> None:
@@ -125,55 +162,27 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     n = args.n or (2_000 if args.quick else 20_000)
     reader_n = args.reader_n or (20_000 if args.quick else 200_000)
-    saved = {
-        k: os.environ.get(k)
-        for k in (
-            "ATLAS_HOME",
-            "ATLAS_CACHE_DIR",
-            "DAGSTER_HOME",
-            "ATLAS_STORAGE_OPTIONS",
-            "ATLAS_REFRESH_SECONDS",
-        )
-    }
     vectors, labels = clustered_vectors(n)
     frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": cluster_texts(labels)})
-    moto, endpoint = start_moto()
-    try:
-        import s3fs
-
-        options = {"endpoint_url": endpoint, "key": "bench", "secret": "bench"}
-        s3fs.S3FileSystem(**options).mkdir("bench")
-        os.environ["ATLAS_STORAGE_OPTIONS"] = json.dumps(options)
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            times: dict[str, list[float]] = {"local": [], "s3": []}
-            for i in range(args.repeat):
-                for kind in ("local", "s3"):
-                    home = str(work / "local") if kind == "local" else "s3://bench/store"
-                    use_store(home, work / kind)
-                    times[kind].append(build(f"shared-{i}", frame, vectors))
-            use_store(str(work / "local"), work / "local")
-            open_map("shared-0")  # the page cache warm, as for the S3 map's cached files
-            local_open = statistics.median(open_map("shared-0") for _ in range(OPENS))
-            use_store("s3://bench/store", work / "s3", "fresh-cache")
-            cold_open = open_map("shared-0")
-            warm_open = statistics.median(open_map("shared-0") for _ in range(OPENS))
-            os.environ["ATLAS_REFRESH_SECONDS"] = "0"  # ask the store for the manifest each time
-            asking_open = statistics.median(open_map("shared-0") for _ in range(OPENS))
-            first_mb, second_mb, size_mb = reader_rss(
-                reader_n, "s3://bench/store", json.dumps(options), work
-            )
-    finally:
-        moto.stdin.close()
-        try:
-            moto.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            moto.kill()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with moto_bucket() as options, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        times: dict[str, list[float]] = {"local": [], "s3": []}
+        for i in range(args.repeat):
+            for kind in ("local", "s3"):
+                home = str(work / "local") if kind == "local" else "s3://bench/store"
+                use_store(home, work / kind)
+                times[kind].append(build(f"shared-{i}", frame, vectors))
+        use_store(str(work / "local"), work / "local")
+        open_map("shared-0")  # the page cache warm, as for the S3 map's cached files
+        local_open = statistics.median(open_map("shared-0") for _ in range(OPENS))
+        use_store("s3://bench/store", work / "s3", "fresh-cache")
+        cold_open = open_map("shared-0")
+        warm_open = statistics.median(open_map("shared-0") for _ in range(OPENS))
+        os.environ["ATLAS_REFRESH_SECONDS"] = "0"  # ask the store for the manifest each time
+        asking_open = statistics.median(open_map("shared-0") for _ in range(OPENS))
+        first_mb, second_mb, size_mb = reader_rss(
+            reader_n, "s3://bench/store", json.dumps(options), work
+        )
 
     local_s, s3_s = min(times["local"]), min(times["s3"])
     print(f"{'store':<34}{'seconds':>10}")
