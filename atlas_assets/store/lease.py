@@ -41,9 +41,9 @@ from typing import Any
 from atlas_assets.store.remote import (
     RemoteStore,
     StoreConfigError,
-    _precondition_failed,
-    _wrap,
+    precondition_failed,
     remote_of,
+    store_error,
 )
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class _Lease:
         except FileNotFoundError:
             return None
         except Exception as err:  # noqa: BLE001
-            raise _wrap(self.store, err, f"reading {self.key}") from None
+            raise store_error(self.store, err, f"reading {self.key}") from None
         try:
             doc = json.loads(data)
         except ValueError:
@@ -188,8 +188,8 @@ class _Lease:
                     self.etag = self.put(self.doc, IfNoneMatch="*")
                     break
                 except Exception as err:  # noqa: BLE001
-                    if not _precondition_failed(err):
-                        raise _wrap(self.store, err, f"writing {self.key}") from None
+                    if not precondition_failed(err):
+                        raise store_error(self.store, err, f"writing {self.key}") from None
             current = self.get()  # while it is held, a waiter only reads (GETs are cheap)
             if current is None:
                 continue  # released meanwhile: take it now
@@ -207,10 +207,10 @@ class _Lease:
                     self._stamp()
                     self.etag = self.put(self.doc, IfMatch=etag)
                 except Exception as err:  # noqa: BLE001
-                    if _precondition_failed(err) or isinstance(err, FileNotFoundError):
+                    if precondition_failed(err) or isinstance(err, FileNotFoundError):
                         current = None  # another taker won, or it was released: look again
                         continue
-                    raise _wrap(self.store, err, f"writing {self.key}") from None
+                    raise store_error(self.store, err, f"writing {self.key}") from None
                 why = (
                     "its process on this machine is gone"
                     if gone
@@ -245,7 +245,7 @@ class _Lease:
                 self.etag = self.put(doc, IfMatch=self.etag)
                 self.doc = doc
             except Exception as err:  # noqa: BLE001
-                if not (_precondition_failed(err) or isinstance(err, FileNotFoundError)):
+                if not (precondition_failed(err) or isinstance(err, FileNotFoundError)):
                     text = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
                     log.warning("%s: renewing the lease failed (%s)", self.where, text)
                     continue
@@ -284,7 +284,7 @@ class _Lease:
                 )
                 return
             except Exception as err:  # noqa: BLE001
-                if not (_precondition_failed(err) or isinstance(err, FileNotFoundError)):
+                if not (precondition_failed(err) or isinstance(err, FileNotFoundError)):
                     failure = err
                     break
             tag = self._ours()  # a renewal whose answer was lost, or someone else's now

@@ -266,7 +266,9 @@ def remote_of(path: Path) -> tuple[RemoteStore, str] | None:
     return None
 
 
-def _wrap(store: RemoteStore, err: Exception, what: str) -> Exception:
+def store_error(store: RemoteStore, err: Exception, what: str) -> Exception:
+    """``err`` from the store's library as one line naming ``ATLAS_HOME`` (missing files stay
+    ``FileNotFoundError``)."""
     if isinstance(err, FileNotFoundError):
         return err
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -285,10 +287,11 @@ def version_tag(path: Path) -> str | None:
     except FileNotFoundError:
         return ""
     except Exception as err:  # noqa: BLE001
-        raise _wrap(store, err, f"reading {key}") from None
+        raise store_error(store, err, f"reading {key}") from None
 
 
-def _precondition_failed(err: Exception) -> bool:
+def precondition_failed(err: Exception) -> bool:
+    """Whether ``err`` is a conditional write refused (the object changed or exists)."""
     cause = getattr(err.__cause__, "response", None) or {}
     return isinstance(err, FileExistsError) or cause.get("Error", {}).get("Code") in (
         "PreconditionFailed",
@@ -325,12 +328,12 @@ def upload(path: Path, *, target: Path | None = None, expect: str | None = None)
             if target in tags:
                 tags[target] = answer["ETag"]  # a second write in the section replaces this one
     except Exception as err:  # noqa: BLE001
-        if expect is not None and _precondition_failed(err):
+        if expect is not None and precondition_failed(err):
             raise ConflictError(
                 f"{store.url}/{key[len(store.root) + 1 :]} was changed by another writer since "
                 "it was read; nothing was written: try again"
             ) from None
-        raise _wrap(store, err, f"writing {key}") from None
+        raise store_error(store, err, f"writing {key}") from None
     _READ_AT[target] = time.monotonic()  # what this process wrote is what is stored
 
 
@@ -351,7 +354,7 @@ def fetch(path: Path) -> bool:
     except FileNotFoundError:
         return False
     except Exception as err:  # noqa: BLE001
-        raise _wrap(store, err, f"reading {key}") from None
+        raise store_error(store, err, f"reading {key}") from None
     return True
 
 
@@ -397,7 +400,7 @@ def refresh(path: Path) -> None:
         _READ_AT[path] = now
         return
     except Exception as err:  # noqa: BLE001
-        raise _wrap(store, err, f"reading {key}") from None
+        raise store_error(store, err, f"reading {key}") from None
     _READ_AT[path] = now
     with contextlib.suppress(FileNotFoundError):
         if path.read_bytes() == data:
@@ -419,7 +422,7 @@ def listing(folder: Path) -> list[str] | None:
     except FileNotFoundError:
         return []
     except Exception as err:  # noqa: BLE001
-        raise _wrap(store, err, f"listing {key}") from None
+        raise store_error(store, err, f"listing {key}") from None
     return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file")
 
 
@@ -435,7 +438,7 @@ def glob(base: Path, pattern: str) -> list[Path] | None:
     except FileNotFoundError:
         return []
     except Exception as err:  # noqa: BLE001
-        raise _wrap(store, err, f"listing {key}") from None
+        raise store_error(store, err, f"listing {key}") from None
     return [base / name[len(key) + 1 :] for name in names]
 
 
@@ -471,9 +474,9 @@ def claim(path: Path) -> bool:
     try:
         store.fs.call_s3("put_object", Bucket=bucket, Key=name, Body=b"", IfNoneMatch="*")
     except Exception as err:  # noqa: BLE001
-        if _precondition_failed(err):
+        if precondition_failed(err):
             return False
-        raise _wrap(store, err, f"writing {key}") from None
+        raise store_error(store, err, f"writing {key}") from None
     return True
 
 
@@ -524,7 +527,7 @@ def pull_inbox(
         except FileNotFoundError:
             return []
         except Exception as err:  # noqa: BLE001
-            raise _wrap(store, err, f"listing {prefix}") from None
+            raise store_error(store, err, f"listing {prefix}") from None
 
     def wanted(entry: dict[str, Any]) -> bool:
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
@@ -557,7 +560,7 @@ def pull_inbox(
         except FileNotFoundError:  # taken meanwhile (another machine's scan)
             pulled.pop(local)
         except Exception as err:  # noqa: BLE001
-            raise _wrap(store, err, f"reading {name}") from None
+            raise store_error(store, err, f"reading {name}") from None
     return pulled
 
 
@@ -582,4 +585,4 @@ def move_inbox_object(key: str, moved: Path) -> None:
     except FileNotFoundError:
         return  # already moved (another machine's scan)
     except Exception as err:  # noqa: BLE001
-        raise _wrap(store, err, f"moving {key}") from None
+        raise store_error(store, err, f"moving {key}") from None
