@@ -29,10 +29,13 @@ Labels are distinct within a depth, so siblings never share one.
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -63,8 +66,12 @@ N_CANDIDATES = 10
 COVERAGE_WEIGHT = 0.5
 # Labels pair two of a topic's best PAIRED phrases.
 PAIRED = 6
-# Until stable: on arXiv, 2 iterations (igraph's default) lose 0.005 to 0.015 NMI per depth.
-LEIDEN_ITERATIONS = -1
+# Leiden iterates until stable up to this many rows: on arXiv, 2 iterations (igraph's default)
+# lose 0.005 to 0.015 NMI per depth. Beyond, 2 iterations: at 1M rows, iterating until stable
+# took 2.5 times as long for a modularity higher by 0.00005 (see ``leiden_iterations``).
+LEIDEN_CONVERGE_ROWS = 100_000
+# From this many rows, the splits below depth 1 run in forked worker processes (Linux only).
+PARALLEL_TOPICS_ROWS = 100_000
 # A refresh keeps the previous topics of a split unless Leiden's partition has a modularity
 # higher by at least this much (``_hysteresis``). Measured on AG News (6,800 rows + 10%): the
 # gains of splits that kept their number of topics were 0.0005 to 0.005, up to 0.02 in small
@@ -252,6 +259,21 @@ class _Phrases:
     rows: np.ndarray
     texts: list[str]
 
+    @cached_property
+    def kinds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(names, marker, multi, modifies)`` per phrase: its text as ``str``, whether it is
+        a modifier marker (``"word>"``), whether it has several words, and the column of its
+        marker (``-1``: none). Computed once: every sibling group reads them."""
+        names = self.vocab.astype(str)
+        index = {v: j for j, v in enumerate(names)}
+        marker = np.char.endswith(names, ">")
+        multi = np.char.find(names, " ") >= 0
+        modifies = np.array(
+            [-1 if marker[j] or multi[j] else index.get(v + ">", -1) for j, v in enumerate(names)],
+            dtype=np.int64,
+        )
+        return names, marker, multi, modifies
+
     def local(self, rows: np.ndarray) -> np.ndarray:
         """Positions in the sample of those of ``rows`` that were sampled."""
         pos = np.searchsorted(self.rows, rows)
@@ -306,21 +328,14 @@ def _candidates(
     counts = np.vstack([np.asarray(phrases.X[g].sum(axis=0)).ravel() for g in local])
     # A lone group has nothing to contrast with: coverage alone.
     score = counts.copy() if len(groups) == 1 else _ctfidf(counts)
-    vocab = phrases.vocab.astype(str)
-    index = {v: j for j, v in enumerate(vocab)}
-    marker = np.char.endswith(vocab, ">")
-    multi = np.char.find(vocab, " ") >= 0
-    modifies = np.full(len(vocab), -1)
-    for j, v in enumerate(vocab):
-        if not marker[j] and not multi[j] and v + ">" in index:
-            modifies[j] = index[v + ">"]
+    vocab, marker, multi, modifies = phrases.kinds
     out = []
     for row, c, g in zip(score, counts, local, strict=True):
         floor = max(2.0, 0.03 * len(g)) if len(g) >= 20 else 1.0
         ok = (c >= floor) & ~marker
         ok &= ~((modifies >= 0) & (c[np.maximum(modifies, 0)] >= 0.6 * c))
-        order = np.lexsort((vocab, -row))
-        order = order[ok[order]]
+        order = np.flatnonzero(ok)  # sorted only where allowed: the vocabulary is long
+        order = order[np.lexsort((vocab[order], -row[order]))]
         top = [*order[~multi[order]][: 2 * k], *order[multi[order]][: 2 * k]]
         best: dict[int, float] = {j: float(row[j]) for j in top}
         words = {j: phrases.vocab[j].split(" ") for j in top}
@@ -490,19 +505,28 @@ def _edge_lines(heads: np.ndarray, tails: np.ndarray, n: int) -> bytes:
     return out.tobytes()
 
 
+def leiden_iterations(n_rows: int) -> int:
+    """Leiden iterations per split of a corpus of ``n_rows``: until stable (``-1``) up to
+    ``LEIDEN_CONVERGE_ROWS``, else 2 (igraph's default), as umap-learn runs fewer epochs on
+    larger graphs."""
+    return -1 if n_rows <= LEIDEN_CONVERGE_ROWS else 2
+
+
 def _communities(
     graph,
     resolution: float,
     seed: int,
     method: str = "leiden",
     initial: np.ndarray | None = None,
+    iterations: int = -1,
 ) -> np.ndarray:
     """Community labels (0..c-1, largest first) of a weighted igraph graph by modularity.
 
-    ``method`` is ``"leiden"`` (connected communities guaranteed) or ``"louvain"`` (kept for
-    the comparison in ``benchmarks/topics.py``). igraph draws from Python's ``random``, so
-    seeding that makes both deterministic. ``initial`` (Leiden only) is a membership to start
-    from, ``-1`` for vertices that start alone: a refresh starts from the previous topics.
+    ``method`` is ``"leiden"`` (connected communities guaranteed; ``iterations`` of it, ``-1``
+    until stable) or ``"louvain"`` (kept for the comparison in ``benchmarks/topics.py``). igraph
+    draws from Python's ``random``, so seeding that makes both deterministic. ``initial`` (Leiden
+    only) is a membership to start from, ``-1`` for vertices that start alone: a refresh starts
+    from the previous topics.
     """
     start = None
     if initial is not None:
@@ -519,7 +543,7 @@ def _communities(
                 objective_function="modularity",
                 weights="weight",
                 resolution=resolution,
-                n_iterations=LEIDEN_ITERATIONS,
+                n_iterations=iterations,
                 initial_membership=start,
             )
         elif method == "louvain":
@@ -599,45 +623,73 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return remap[labels]
 
 
-def _split(
-    members: np.ndarray,
-    A: sp.csr_matrix,
-    graph,
-    latent: np.ndarray,
-    resolution: float,
-    seed: int,
-    method: str,
-    initial: np.ndarray | None = None,
-) -> np.ndarray | None:
-    """Partition ``members`` (sorted row numbers) into communities, or ``None`` when there is no
-    useful split. ``graph`` is ``A`` as built by ``_igraph``; ``initial`` (per row, ``-1`` for
-    none) is a partition for Leiden to start from."""
-    m = members.size
-    min_size = _min_topic_size(m)
-    if m < 2 * min_size:
-        return None
-    # The whole graph (depth 1) as it is: a copy of it would hold another 0.5 GB at 1M rows.
-    whole = m == graph.vcount()
-    sub = A if whole else A[members][:, members].tocsr()
-    if sub.nnz == 0:
-        return None
-    # igraph numbers the subgraph's vertices in the order of the original ids: sorted members.
-    g = graph if whole else graph.induced_subgraph(members)
-    start = None if initial is None else initial[members]
-    if start is not None and (start < 0).any() and (start >= 0).any():
-        # Modularity weighs a merge against the graph's total weight, so a group of new rows
-        # apart from the rest would merge old topics it never touched (the resolution limit).
-        # Scaling the resolution by the weight the new rows hold among themselves keeps the
-        # old topics' balance: by 1 when new rows mingle with old ones, by the growth of the
-        # total when they only link to each other.
-        new = start < 0
-        total = float(sub.sum(dtype=np.float64))
-        resolution *= total / max(total - float(sub[new][:, new].sum(dtype=np.float64)), 1e-12)
-    labels = _communities(g, resolution, seed, method, start)
-    labels = _reassign_small(labels, sub, latent, min_size, members)
-    if start is not None and (start >= 0).any():
-        labels = _hysteresis(labels, start, g, sub, latent, members, resolution, min_size)
-    return labels if labels.max() >= 1 else None
+@dataclass
+class _Splitter:
+    """What every split of one tree reads: the adjacency ``A``, the same as an igraph graph
+    (``_igraph``), the latent rows, and the clustering settings. ``previous`` (``(N, D_old)``
+    old topic ids, ``-1`` on new rows) gives each split's starting partition at its depth."""
+
+    A: sp.csr_matrix
+    graph: object
+    latent: np.ndarray
+    max_depth: int
+    resolutions: Sequence[float]
+    seed: int
+    method: str
+    iterations: int
+    previous: np.ndarray | None = None
+
+    def grow(self, node: _Node, depth: int, last: int | None = None) -> _Node:
+        """Split ``node`` (at ``depth``, 0 for the root) and its children, down to depth
+        ``last`` (default ``max_depth``); returns ``node``."""
+        frontier = [node]
+        for d in range(depth, self.max_depth if last is None else last):
+            nxt = []
+            for parent in frontier:
+                labels = self.split(parent.rows, d)
+                if labels is None and d == 0:  # depth 1 always exists
+                    labels = np.zeros(parent.rows.size, np.int64)
+                if labels is not None:
+                    parent.children = [_Node(g) for g in _groups(parent.rows, labels)]
+                    nxt.extend(parent.children)
+            frontier = nxt
+        return node
+
+    def split(self, members: np.ndarray, depth: int) -> np.ndarray | None:
+        """Partition ``members`` (sorted row numbers) into the communities of depth
+        ``depth + 1``, or ``None`` when there is no useful split."""
+        m = members.size
+        min_size = _min_topic_size(m)
+        if m < 2 * min_size:
+            return None
+        # The whole graph (depth 1) as it is: a copy of it would hold another 0.5 GB at 1M rows.
+        whole = m == self.graph.vcount()
+        sub = self.A if whole else self.A[members][:, members].tocsr()
+        if sub.nnz == 0:
+            return None
+        # igraph numbers the subgraph's vertices in the order of the original ids: sorted
+        # members.
+        g = self.graph if whole else self.graph.induced_subgraph(members)
+        start = None
+        old = self.previous
+        if old is not None and self.method == "leiden" and depth < old.shape[1]:
+            start = old[members, depth]
+        resolution = self.resolutions[depth]
+        if start is not None and (start < 0).any() and (start >= 0).any():
+            # Modularity weighs a merge against the graph's total weight, so a group of new
+            # rows apart from the rest would merge old topics it never touched (the resolution
+            # limit). Scaling the resolution by the weight the new rows hold among themselves
+            # keeps the old topics' balance: by 1 when new rows mingle with old ones, by the
+            # growth of the total when they only link to each other.
+            new = start < 0
+            total = float(sub.sum(dtype=np.float64))
+            inside = float(sub[new][:, new].sum(dtype=np.float64))
+            resolution *= total / max(total - inside, 1e-12)
+        labels = _communities(g, resolution, self.seed, self.method, start, self.iterations)
+        labels = _reassign_small(labels, sub, self.latent, min_size, members)
+        if start is not None and (start >= 0).any():
+            labels = _hysteresis(labels, start, g, sub, self.latent, members, resolution, min_size)
+        return labels if labels.max() >= 1 else None
 
 
 def _hysteresis(
@@ -683,27 +735,57 @@ def _graph_tree(
     previous: np.ndarray | None = None,
 ) -> _Node:
     """The top-down Leiden tree; with ``previous`` (``(N, D_old)`` old topic ids, ``-1`` on
-    new rows) each split starts from the old topics of its depth, new rows on their own."""
+    new rows) each split starts from the old topics of its depth, new rows on their own.
+
+    Depth 1 splits the whole graph; each depth-1 topic's subtree is then grown on its own, in
+    forked worker processes from ``PARALLEL_TOPICS_ROWS`` rows (igraph holds the GIL, so threads
+    would take turns). Every split is seeded alone, so the tree is the same either way.
+    """
     n = latent.shape[0]
     if previous is not None and method == "leiden" and (previous[:, 0] >= 0).all():
         return _tree_of(previous[:, :max_depth])  # no new row: nothing to re-cluster
-    graph = _igraph(A)
-    root = _Node(np.arange(n))
-    frontier = [root]
-    for depth in range(max_depth):
-        nxt = []
-        start = None
-        if previous is not None and method == "leiden" and depth < previous.shape[1]:
-            start = previous[:, depth]
-        for node in frontier:
-            labels = _split(node.rows, A, graph, latent, resolutions[depth], seed, method, start)
-            if labels is None and depth == 0:  # depth 1 always exists
-                labels = np.zeros(n, np.int64)
-            if labels is not None:
-                node.children = [_Node(g) for g in _groups(node.rows, labels)]
-                nxt.extend(node.children)
-        frontier = nxt
+    splitter = _Splitter(
+        A, _igraph(A), latent, max_depth, resolutions, seed, method, leiden_iterations(n), previous
+    )
+    root = splitter.grow(_Node(np.arange(n)), 0, last=1)
+    root.children = _grow_all(splitter, root.children, parallel=n >= PARALLEL_TOPICS_ROWS)
     return root
+
+
+def _cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+# The splitter a forked worker inherits (_grow_all); set only while its pool runs.
+_FORKED: _Splitter | None = None
+
+
+def _grow_forked(node: _Node) -> _Node:
+    assert _FORKED is not None
+    return _FORKED.grow(node, 1)
+
+
+def _grow_all(splitter: _Splitter, nodes: list[_Node], parallel: bool) -> list[_Node]:
+    """``splitter.grow(node, 1)`` of each depth-1 node, in a pool of forked processes when
+    ``parallel`` and this machine has more than one core and ``fork`` is safe (Linux)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = _cores()
+    if not parallel or workers < 2 or len(nodes) < 2 or sys.platform != "linux":
+        return [splitter.grow(node, 1) for node in nodes]
+    global _FORKED
+    _FORKED = splitter  # fork copies it into the workers: nothing large is pickled
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(workers, len(nodes)), mp_context=context) as pool:
+            # Largest first, so the workers finish together.
+            order = sorted(range(len(nodes)), key=lambda i: -nodes[i].rows.size)
+            futures = {i: pool.submit(_grow_forked, nodes[i]) for i in order}
+            return [futures[i].result() for i in range(len(nodes))]
+    finally:
+        _FORKED = None
 
 
 def _groups(rows: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
@@ -1086,10 +1168,9 @@ def _labels(
         if encode is not None:
             _rerank(ranked, cover, dict(real), latent, encode)
         for tid, node in real:
-            shown = [
-                _display(p, [phrases.texts[i] for i in phrases.local(central(node.rows, 50))])
-                for p in ranked[tid][:PAIRED]
-            ]
+            best = ranked[tid][:PAIRED]
+            near = [phrases.texts[i] for i in phrases.local(central(node.rows, 50))] if best else []
+            shown = [_display(p, near) for p in best]
             fallback = keyword_labeller(keywords[tid], [])
             ranked[tid] = _pairs([s for s in shown if s]) + [fallback]
 

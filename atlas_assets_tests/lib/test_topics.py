@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -120,6 +123,42 @@ def test_deterministic_for_seed():
     b = build(latent, texts, seed=3)
     assert np.array_equal(a.assignments, b.assignments)
     pd.testing.assert_frame_equal(a.topics, b.topics)
+
+
+def _grow_noting_pid(node):
+    """The workers' task, noting which process ran it (in a file: a worker's memory is its own)."""
+    import atlas_assets.lib.topics as topics
+
+    with open(os.environ["TOPICS_TEST_PIDS"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return topics._FORKED.grow(node, 1)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the forked workers run on Linux only")
+def test_forked_workers_grow_the_same_tree(monkeypatch, tmp_path):
+    """Large corpora grow each depth-1 topic's subtree in forked workers: same tree as serial."""
+    import atlas_assets.lib.topics as topics
+
+    latent, texts, _, _ = blobs(n_per=80, n_sub=2)
+    serial = build(latent, texts, seed=2)
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("TOPICS_TEST_PIDS", str(pids))
+    monkeypatch.setattr(topics, "_grow_forked", _grow_noting_pid)
+    monkeypatch.setattr(topics, "PARALLEL_TOPICS_ROWS", 0)
+    monkeypatch.setattr(topics, "_cores", lambda: 2)
+    parallel = build(latent, texts, seed=2)
+    ran_in = {int(p) for p in pids.read_text().split()}
+    assert ran_in and os.getpid() not in ran_in  # every subtree grew in a worker
+    assert topics._FORKED is None  # the splitter is not kept after the pool
+    np.testing.assert_array_equal(parallel.assignments, serial.assignments)
+    pd.testing.assert_frame_equal(parallel.topics, serial.topics)
+
+
+def test_leiden_iterates_until_stable_on_small_corpora_only():
+    from atlas_assets.lib.topics import LEIDEN_CONVERGE_ROWS, leiden_iterations
+
+    assert leiden_iterations(LEIDEN_CONVERGE_ROWS) == -1
+    assert leiden_iterations(LEIDEN_CONVERGE_ROWS + 1) == 2
 
 
 def test_outliers_are_assigned_not_dropped():
