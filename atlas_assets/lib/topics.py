@@ -29,10 +29,8 @@ Labels are distinct within a depth, so siblings never share one.
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,6 +40,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from atlas_assets.lib.forked import forked_call, forked_map
 from atlas_assets.lib.graph import KnnGraph
 from atlas_assets.lib.refresh import CarryOver, describe_changes, match_topics
 
@@ -362,14 +361,23 @@ def _contains(long: list[str], short: list[str]) -> bool:
     return any(long[i : i + n] == short for i in range(len(long) - n + 1))
 
 
-def _display(phrase: str, texts: list[str]) -> str:
-    """``phrase`` as it is most often written in ``texts``, title-cased when lowercase."""
+def _display(phrase: str, texts: list[tuple[str, str]]) -> str:
+    """``phrase`` as it is most often written in ``texts`` (each text with its ``casefold()``),
+    title-cased when lowercase."""
     words = phrase.split(" ")
-    pattern = r"\b" + r"\s+".join(re.escape(w) + r"(?:s|es)?" for w in words) + r"\b"
+    # Only texts holding every word can match: compiling a pattern per phrase took 10 s of the
+    # labels of 1M rows.
+    folded = [w.casefold() for w in words]
+    holding = [text for text, fold in texts if all(w in fold for w in folded)]
     found: dict[str, int] = {}
-    for text in texts:
-        for m in re.finditer(pattern, text, flags=re.IGNORECASE):
-            found[m.group(0)] = found.get(m.group(0), 0) + 1
+    if holding:
+        pattern = re.compile(
+            r"\b" + r"\s+".join(re.escape(w) + r"(?:s|es)?" for w in words) + r"\b",
+            flags=re.IGNORECASE,
+        )
+        for text in holding:
+            for m in pattern.finditer(text):
+                found[m.group(0)] = found.get(m.group(0), 0) + 1
     if found:
         form = max(sorted(found), key=found.get)
         words = [
@@ -655,6 +663,10 @@ class _Splitter:
             frontier = nxt
         return node
 
+    def grow_subtree(self, node: _Node) -> _Node:
+        """``grow(node, 1)``: a depth-1 topic's subtree."""
+        return self.grow(node, 1)
+
     def split(self, members: np.ndarray, depth: int) -> np.ndarray | None:
         """Partition ``members`` (sorted row numbers) into the communities of depth
         ``depth + 1``, or ``None`` when there is no useful split."""
@@ -738,8 +750,8 @@ def _graph_tree(
     new rows) each split starts from the old topics of its depth, new rows on their own.
 
     Depth 1 splits the whole graph; each depth-1 topic's subtree is then grown on its own, in
-    forked worker processes from ``PARALLEL_TOPICS_ROWS`` rows (igraph holds the GIL, so threads
-    would take turns). Every split is seeded alone, so the tree is the same either way.
+    forked workers from ``PARALLEL_TOPICS_ROWS`` rows (``lib.forked``). Every split is seeded
+    alone, so the tree is the same either way.
     """
     n = latent.shape[0]
     if previous is not None and method == "leiden" and (previous[:, 0] >= 0).all():
@@ -748,44 +760,13 @@ def _graph_tree(
         A, _igraph(A), latent, max_depth, resolutions, seed, method, leiden_iterations(n), previous
     )
     root = splitter.grow(_Node(np.arange(n)), 0, last=1)
-    root.children = _grow_all(splitter, root.children, parallel=n >= PARALLEL_TOPICS_ROWS)
+    nodes = root.children
+    if n >= PARALLEL_TOPICS_ROWS:
+        largest_first = sorted(range(len(nodes)), key=lambda i: -nodes[i].rows.size)
+        root.children = forked_map(splitter.grow_subtree, nodes, largest_first)
+    else:
+        root.children = [splitter.grow_subtree(node) for node in nodes]
     return root
-
-
-def _cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-
-
-# The splitter a forked worker inherits (_grow_all); set only while its pool runs.
-_FORKED: _Splitter | None = None
-
-
-def _grow_forked(node: _Node) -> _Node:
-    assert _FORKED is not None
-    return _FORKED.grow(node, 1)
-
-
-def _grow_all(splitter: _Splitter, nodes: list[_Node], parallel: bool) -> list[_Node]:
-    """``splitter.grow(node, 1)`` of each depth-1 node, in a pool of forked processes when
-    ``parallel`` and this machine has more than one core and ``fork`` is safe (Linux)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    workers = _cores()
-    if not parallel or workers < 2 or len(nodes) < 2 or sys.platform != "linux":
-        return [splitter.grow(node, 1) for node in nodes]
-    global _FORKED
-    _FORKED = splitter  # fork copies it into the workers: nothing large is pickled
-    try:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(min(workers, len(nodes)), mp_context=context) as pool:
-            # Largest first, so the workers finish together.
-            order = sorted(range(len(nodes)), key=lambda i: -nodes[i].rows.size)
-            futures = {i: pool.submit(_grow_forked, nodes[i]) for i in order}
-            return [futures[i].result() for i in range(len(nodes))]
-    finally:
-        _FORKED = None
 
 
 def _groups(rows: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
@@ -1031,22 +1012,26 @@ def build_topic_tree(
 
     A = _knn_adjacency(knn, n)
     noise = 0
-    if cluster_method == "hdbscan":
-        root, noise = _hdbscan_tree(A, latent, knn, max_depth, seed)
-    else:
-        old = None if previous is None else previous.assignments
-        root = _graph_tree(A, latent, max_depth, resolutions, seed, community, old)
-    del A  # the labels do not need the graph: at 1M rows it is 0.5 GB
+    # The keywords' document-term matrix does not depend on the tree: a forked worker counts it
+    # while the graph is clustered.
+    with forked_call(_doc_term, texts, enabled=n >= PARALLEL_TOPICS_ROWS) as counted:
+        if cluster_method == "hdbscan":
+            root, noise = _hdbscan_tree(A, latent, knn, max_depth, seed)
+        else:
+            old = None if previous is None else previous.assignments
+            root = _graph_tree(A, latent, max_depth, resolutions, seed, community, old)
+        del A  # the labels do not need the graph: at 1M rows it is 0.5 GB
+        doc_term = counted.result()
     nodes = _flatten(root, max_depth)
     depth_count = max(d for _, d, _, _ in nodes)
     assignments = np.full((n, depth_count), -1, np.int64)
     for tid, depth, _, node in nodes:
         assignments[node.rows, depth - 1] = tid
     if previous is None:
-        topics = _describe(nodes, latent, texts, labeller, encode, seed)
+        topics = _describe(nodes, doc_term, latent, texts, labeller, encode, seed)
         return TopicTree(assignments=assignments, topics=topics, noise=noise)
     nodes, assignments, fixed, matches = _carry_ids(nodes, assignments, previous)
-    topics = _describe(nodes, latent, texts, labeller, encode, seed, fixed)
+    topics = _describe(nodes, doc_term, latent, texts, labeller, encode, seed, fixed)
     new_labels = dict(zip(topics["topic_id"].tolist(), topics["label"].tolist(), strict=True))
     changes = describe_changes(matches, new_labels, previous.labels)
     return TopicTree(assignments=assignments, topics=topics, noise=noise, changes=changes)
@@ -1087,6 +1072,7 @@ def _carry_ids(
 
 def _describe(
     nodes: list[tuple[int, int, int, _Node]],
+    doc_term: tuple[sp.csr_matrix, np.ndarray],
     latent: np.ndarray,
     texts: Sequence[str],
     labeller: Labeller | None,
@@ -1094,9 +1080,9 @@ def _describe(
     seed: int,
     fixed: dict[int, str] | None = None,
 ) -> pd.DataFrame:
-    """Keywords (against siblings), labels and sizes for every node of the tree; ``fixed``
-    labels (topics a refresh kept) stay as they are."""
-    X, vocab = _doc_term(texts)
+    """Keywords (against siblings; ``doc_term`` is ``_doc_term(texts)``), labels and sizes for
+    every node of the tree; ``fixed`` labels (topics a refresh kept) stay as they are."""
+    X, vocab = doc_term
     keywords: dict[int, list[str]] = {}
     siblings: dict[int, list[tuple[int, _Node]]] = {}
     for tid, _, parent, node in nodes:
@@ -1170,6 +1156,7 @@ def _labels(
         for tid, node in real:
             best = ranked[tid][:PAIRED]
             near = [phrases.texts[i] for i in phrases.local(central(node.rows, 50))] if best else []
+            near = [(text, text.casefold()) for text in near]
             shown = [_display(p, near) for p in best]
             fallback = keyword_labeller(keywords[tid], [])
             ranked[tid] = _pairs([s for s in shown if s]) + [fallback]

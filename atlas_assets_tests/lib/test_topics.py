@@ -125,31 +125,33 @@ def test_deterministic_for_seed():
     pd.testing.assert_frame_equal(a.topics, b.topics)
 
 
-def _grow_noting_pid(node):
-    """The workers' task, noting which process ran it (in a file: a worker's memory is its own)."""
-    import atlas_assets.lib.topics as topics
-
-    with open(os.environ["TOPICS_TEST_PIDS"], "a") as f:
-        f.write(f"{os.getpid()}\n")
-    return topics._FORKED.grow(node, 1)
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="the forked workers run on Linux only")
 def test_forked_workers_grow_the_same_tree(monkeypatch, tmp_path):
-    """Large corpora grow each depth-1 topic's subtree in forked workers: same tree as serial."""
+    """Large corpora grow each depth-1 topic's subtree in forked workers, and count the keywords'
+    document-term matrix in another: the same tree and topics as in-process."""
+    import atlas_assets.lib.forked as forked
     import atlas_assets.lib.topics as topics
 
     latent, texts, _, _ = blobs(n_per=80, n_sub=2)
     serial = build(latent, texts, seed=2)
     pids = tmp_path / "pids"
-    monkeypatch.setenv("TOPICS_TEST_PIDS", str(pids))
-    monkeypatch.setattr(topics, "_grow_forked", _grow_noting_pid)
+
+    def noting_pid(fn):
+        def run(*args):
+            with pids.open("a") as f:  # a file: a worker's memory is its own
+                f.write(f"{fn.__name__} {os.getpid()}\n")
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(topics._Splitter, "grow_subtree", noting_pid(topics._Splitter.grow_subtree))
+    monkeypatch.setattr(topics, "_doc_term", noting_pid(topics._doc_term))
     monkeypatch.setattr(topics, "PARALLEL_TOPICS_ROWS", 0)
-    monkeypatch.setattr(topics, "_cores", lambda: 2)
+    monkeypatch.setattr(forked, "cores", lambda: 2)
     parallel = build(latent, texts, seed=2)
-    ran_in = {int(p) for p in pids.read_text().split()}
-    assert ran_in and os.getpid() not in ran_in  # every subtree grew in a worker
-    assert topics._FORKED is None  # the splitter is not kept after the pool
+    ran = [line.split() for line in pids.read_text().splitlines()]
+    assert {name for name, _ in ran} == {"grow_subtree", "_doc_term"}
+    assert str(os.getpid()) not in {pid for _, pid in ran}  # all of it in workers
     np.testing.assert_array_equal(parallel.assignments, serial.assignments)
     pd.testing.assert_frame_equal(parallel.topics, serial.topics)
 
