@@ -189,12 +189,39 @@ def rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
+def _descendants(pid: str = "self") -> list[str]:
+    """Pids of this process's children, their children and so on (Linux)."""
+    out = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            for child in children.read_text().split():
+                out += [child, *_descendants(child)]
+        except OSError:  # the process or thread ended meanwhile
+            continue
+    return out
+
+
+def children_private_mb() -> float:
+    """Memory this process's descendants hold on their own (private pages, MiB): a forked
+    worker shares the rest with its parent, whose resident set counts it already."""
+    total = 0
+    for pid in _descendants():
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
 class RssSampler:
     """Samples this process's memory every ``interval`` seconds on a daemon thread.
 
-    Each sample is ``(unix time, resident MiB, anonymous resident MiB)``. The resident set counts
-    the pages of memory-mapped files that were read, which the kernel can drop under pressure;
-    the anonymous part is what the process itself holds.
+    Each sample is ``(unix time, resident MiB, anonymous resident MiB)``, each with the private
+    memory of the process's forked workers added (``children_private_mb``). The resident set
+    counts the pages of memory-mapped files that were read, which the kernel can drop under
+    pressure; the anonymous part is what the process itself holds.
     """
 
     def __init__(self, interval: float = 0.25) -> None:
@@ -205,7 +232,8 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), rss_mb(), _status_mb("RssAnon")))
+            workers = children_private_mb()
+            self.samples.append((time.time(), rss_mb() + workers, _status_mb("RssAnon") + workers))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
