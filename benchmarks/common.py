@@ -201,27 +201,30 @@ def _descendants(pid: str = "self") -> list[str]:
     return out
 
 
-def children_private_mb() -> float:
-    """Memory this process's descendants hold on their own (private pages, MiB): a forked
-    worker shares the rest with its parent, whose resident set counts it already."""
-    total = 0
+def children_private_mb() -> tuple[float, float]:
+    """Memory this process's descendants hold on their own, MiB: ``(private, private dirty)``.
+    A forked worker shares the rest with its parent, whose resident set counts it already; its
+    clean private pages are mostly file pages it read, which the kernel can drop."""
+    clean = dirty = 0
     for pid in _descendants():
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    total += int(line.split()[1])
+                if line.startswith("Private_Clean:"):
+                    clean += int(line.split()[1])
+                elif line.startswith("Private_Dirty:"):
+                    dirty += int(line.split()[1])
         except OSError:
             continue
-    return total / 1024
+    return (clean + dirty) / 1024, dirty / 1024
 
 
 class RssSampler:
     """Samples this process's memory every ``interval`` seconds on a daemon thread.
 
-    Each sample is ``(unix time, resident MiB, anonymous resident MiB)``, each with the private
-    memory of the process's forked workers added (``children_private_mb``). The resident set
-    counts the pages of memory-mapped files that were read, which the kernel can drop under
-    pressure; the anonymous part is what the process itself holds.
+    Each sample is ``(unix time, resident MiB, anonymous resident MiB)``, with the private (and
+    private dirty) memory of the process's forked workers added (``children_private_mb``). The
+    resident set counts the pages of memory-mapped files that were read, which the kernel can
+    drop under pressure; the anonymous part is what the process itself holds.
     """
 
     def __init__(self, interval: float = 0.25) -> None:
@@ -232,8 +235,8 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            workers = children_private_mb()
-            self.samples.append((time.time(), rss_mb() + workers, _status_mb("RssAnon") + workers))
+            private, dirty = children_private_mb()
+            self.samples.append((time.time(), rss_mb() + private, _status_mb("RssAnon") + dirty))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:

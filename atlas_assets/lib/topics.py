@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -470,8 +470,20 @@ def _knn_adjacency(knn: KnnGraph, n: int) -> sp.csr_matrix:
     return A.maximum(A.T).tocsr()
 
 
-def _igraph(A: sp.csr_matrix):
-    """``A`` (symmetric, weighted) as an undirected igraph graph with a ``weight`` per edge.
+@dataclass
+class _Graph:
+    """An undirected igraph graph ``g`` and its edge weights, in ``g``'s edge order.
+
+    The weights stay in numpy: as an igraph attribute they are a Python float per edge (0.9 GB
+    at 1M rows), whose reference counts forked workers would write to, copying every page.
+    """
+
+    g: Any
+    weights: np.ndarray
+
+
+def _igraph(A: sp.csr_matrix) -> _Graph:
+    """``A`` (symmetric, weighted) as an undirected igraph graph and its edge weights.
 
     Built once per tree, each edge once (upper triangle, read straight off the CSR arrays), and
     through igraph's edge-list reader: handed a Python sequence or an array, igraph converts
@@ -495,8 +507,28 @@ def _igraph(A: sp.csr_matrix):
         f.seek(0)
         graph = ig.Graph.Read_Edgelist(f, directed=False)
     graph.add_vertices(n - graph.vcount())  # trailing rows without edges
-    graph.es["weight"] = A.data[upper]
-    return graph
+    return _Graph(graph, A.data[upper])
+
+
+def _induced(graph: _Graph, members: np.ndarray, sub: sp.csr_matrix) -> _Graph:
+    """The subgraph of ``graph`` on ``members`` (sorted), whose adjacency is ``sub``.
+
+    igraph numbers its vertices in the order of ``members`` and, building it afresh, lists each
+    edge under its higher end: the lower triangle of ``sub`` in CSR order. That order is igraph's
+    choice, so a few edges are checked, and all are looked up if it ever differs.
+    """
+    g = graph.g.induced_subgraph(members, implementation="create_from_scratch")
+    sub.sort_indices()
+    rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
+    lower = sub.indices < rows
+    tails, heads, weights = sub.indices[lower], rows[lower], sub.data[lower]
+    if weights.size != g.ecount():
+        raise RuntimeError(f"induced subgraph has {g.ecount()} edges, expected {weights.size}")
+    probe = np.unique(np.linspace(0, weights.size - 1, min(weights.size, 16)).astype(np.int64))
+    if [g.es[int(i)].tuple for i in probe] != list(zip(tails[probe], heads[probe], strict=True)):
+        ends = np.array(g.get_edgelist(), dtype=np.int64).reshape(-1, 2)
+        weights = np.asarray(sub[ends[:, 0], ends[:, 1]]).ravel()
+    return _Graph(g, weights)
 
 
 def _edge_lines(heads: np.ndarray, tails: np.ndarray, n: int) -> bytes:
@@ -521,14 +553,14 @@ def leiden_iterations(n_rows: int) -> int:
 
 
 def _communities(
-    graph,
+    graph: _Graph,
     resolution: float,
     seed: int,
     method: str = "leiden",
     initial: np.ndarray | None = None,
     iterations: int = -1,
 ) -> np.ndarray:
-    """Community labels (0..c-1, largest first) of a weighted igraph graph by modularity.
+    """Community labels (0..c-1, largest first) of a weighted graph by modularity.
 
     ``method`` is ``"leiden"`` (connected communities guaranteed; ``iterations`` of it, ``-1``
     until stable) or ``"louvain"`` (kept for the comparison in ``benchmarks/topics.py``). igraph
@@ -547,15 +579,15 @@ def _communities(
     random.seed(seed)
     try:
         if method == "leiden":
-            parts = graph.community_leiden(
+            parts = graph.g.community_leiden(
                 objective_function="modularity",
-                weights="weight",
+                weights=graph.weights,
                 resolution=resolution,
                 n_iterations=iterations,
                 initial_membership=start,
             )
         elif method == "louvain":
-            parts = graph.community_multilevel(weights="weight", resolution=resolution)
+            parts = graph.g.community_multilevel(weights=graph.weights, resolution=resolution)
         else:
             raise ValueError(f"community method must be 'leiden' or 'louvain', got {method!r}")
     finally:
@@ -638,7 +670,7 @@ class _Splitter:
     old topic ids, ``-1`` on new rows) gives each split's starting partition at its depth."""
 
     A: sp.csr_matrix
-    graph: object
+    graph: _Graph
     latent: np.ndarray
     max_depth: int
     resolutions: Sequence[float]
@@ -675,13 +707,11 @@ class _Splitter:
         if m < 2 * min_size:
             return None
         # The whole graph (depth 1) as it is: a copy of it would hold another 0.5 GB at 1M rows.
-        whole = m == self.graph.vcount()
+        whole = m == self.graph.g.vcount()
         sub = self.A if whole else self.A[members][:, members].tocsr()
         if sub.nnz == 0:
             return None
-        # igraph numbers the subgraph's vertices in the order of the original ids: sorted
-        # members.
-        g = self.graph if whole else self.graph.induced_subgraph(members)
+        g = self.graph if whole else _induced(self.graph, members, sub)
         start = None
         old = self.previous
         if old is not None and self.method == "leiden" and depth < old.shape[1]:
@@ -707,7 +737,7 @@ class _Splitter:
 def _hysteresis(
     labels: np.ndarray,
     start: np.ndarray,
-    graph,
+    graph: _Graph,
     A: sp.csr_matrix,
     latent: np.ndarray,
     rows: np.ndarray,
@@ -733,8 +763,8 @@ def _hysteresis(
     return labels if gain >= KEEP_MARGIN else old
 
 
-def _modularity(graph, labels: np.ndarray, resolution: float) -> float:
-    return float(graph.modularity(labels.tolist(), weights="weight", resolution=resolution))
+def _modularity(graph: _Graph, labels: np.ndarray, resolution: float) -> float:
+    return float(graph.g.modularity(labels.tolist(), weights=graph.weights, resolution=resolution))
 
 
 def _graph_tree(

@@ -336,3 +336,32 @@ def test_a_topic_that_splits_only_deeper_keeps_its_children():
     flat = _Node(np.arange(10), [_Node(a), _Node(b)])
     flat.children[0].children = [_Node(a, carried=True)]
     assert max(d for _, d, _, _ in _flatten(flat, 3)) == 2  # nothing split below depth 1
+
+
+@pytest.mark.parametrize("igraph_order", ["as built", "shuffled"])
+def test_induced_subgraph_weights_follow_igraphs_edge_order(igraph_order):
+    """A split's subgraph carries its weights as an array in igraph's edge order; if igraph ever
+    lists the edges in another order, they are looked up edge by edge."""
+    import igraph as ig
+
+    from atlas_assets.lib.topics import _Graph, _igraph, _induced
+
+    latent, _, _, _ = blobs(n_per=40)
+    A = _knn_adjacency(knn_graph(latent, 8), len(latent))
+    graph = _igraph(A)
+    if igraph_order == "shuffled":
+        built = graph.g
+
+        class Shuffling:  # igraph's induced subgraph, its edges in another order
+            def induced_subgraph(self, members, implementation):
+                g = built.induced_subgraph(members, implementation=implementation)
+                edges = g.get_edgelist()[::-1]
+                return ig.Graph(n=g.vcount(), edges=edges)
+
+        graph = _Graph(Shuffling(), graph.weights)
+    members = np.sort(np.random.default_rng(0).choice(len(latent), 60, replace=False))
+    sub = A[members][:, members].tocsr()
+    induced = _induced(graph, members, sub)
+    ends = np.array(induced.g.get_edgelist())
+    assert len(ends) == induced.weights.size == sub.nnz // 2 > 0
+    np.testing.assert_array_equal(induced.weights, np.asarray(sub[ends[:, 0], ends[:, 1]]).ravel())
