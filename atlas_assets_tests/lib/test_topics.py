@@ -339,7 +339,7 @@ def test_a_topic_that_splits_only_deeper_keeps_its_children():
 
 
 @pytest.mark.parametrize("igraph_order", ["as built", "shuffled"])
-def test_induced_subgraph_weights_follow_igraphs_edge_order(igraph_order):
+def test_induced_subgraph_weights_follow_igraphs_edge_order(igraph_order, monkeypatch):
     """A split's subgraph carries its weights as an array in igraph's edge order; if igraph ever
     lists the edges in another order, they are looked up edge by edge."""
     import igraph as ig
@@ -361,7 +361,12 @@ def test_induced_subgraph_weights_follow_igraphs_edge_order(igraph_order):
         graph = _Graph(Shuffling(), graph.weights)
     members = np.sort(np.random.default_rng(0).choice(len(latent), 60, replace=False))
     sub = A[members][:, members].tocsr()
+    listed = []  # whole edge lists igraph was asked for: the slow path's lookup
+    edgelist = ig.Graph.get_edgelist
+    monkeypatch.setattr(ig.Graph, "get_edgelist", lambda g: (listed.append(1), edgelist(g))[1])
     induced = _induced(graph, members, sub)
+    monkeypatch.undo()
+    assert len(listed) == (0 if igraph_order == "as built" else 2)  # 2: Shuffling's own, ours
     ends = np.array(induced.g.get_edgelist())
     assert len(ends) == induced.weights.size == sub.nnz // 2 > 0
     np.testing.assert_array_equal(induced.weights, np.asarray(sub[ends[:, 0], ends[:, 1]]).ravel())
