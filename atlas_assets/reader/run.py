@@ -37,6 +37,7 @@ def materialize_map(paths: DatasetPaths, *, fresh: bool = False) -> str:
     check_tags_setting()  # the tags step and publishing need it: said before building
     os.environ["DAGSTER_HOME"] = str(ensure_dagster_home())
     import dagster as dg  # imported here: reading a map never needs Dagster
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
 
     from atlas_assets.definitions import defs
     from atlas_assets.defs.partitions import atlas_datasets
@@ -54,7 +55,12 @@ def materialize_map(paths: DatasetPaths, *, fresh: bool = False) -> str:
         key = paths.partition_key
         if not instance.has_dynamic_partition(atlas_datasets.name, key):
             instance.add_dynamic_partitions(atlas_datasets.name, [key])
-        job = defs().resolve_job_def("build_map")
+        # Loading definitions reads the current instance's defs-state storage from a context
+        # variable, which Dagster sets on entering an instance. Once, in CI, the variable held a
+        # collected instance's storage by this point (a third build in one test), so it is set
+        # again here: the load always sees this live instance.
+        with set_defs_state_storage(instance.defs_state_storage):
+            job = defs().resolve_job_def("build_map")
         result = job.execute_in_process(
             instance=instance,
             partition_key=key,
