@@ -536,3 +536,36 @@ def test_the_build_lock_is_seen_and_waited_for_across_processes(ds, store, tmp_p
         holder.wait(timeout=30)
     with ds.wait_for_dataset_lock():  # no build running: yields at once
         pass
+
+
+def test_a_build_loads_its_definitions_with_its_own_live_instance(store, monkeypatch):
+    """Loading the definitions reads Dagster's defs-state context variable. A build that finds
+    a collected instance's storage left there (seen once in CI, at a third build in one test)
+    still builds."""
+    from dagster._core.storage.defs_state import base as defs_state
+    from dagster._core.storage.defs_state.blob_storage_state_storage import (
+        UPathDefsStateStorage,
+    )
+    from upath import UPath
+
+    import atlas_assets.defs.publishing as publishing
+
+    class Gone:
+        pass
+
+    dead = UPathDefsStateStorage(UPath(str(store / "dead-state")))
+    owner = Gone()
+    dead.register_instance(owner)
+    del owner  # the storage's instance is collected
+    real = publishing.publish_finished
+
+    def leaving_a_dead_storage(*args, **kwargs):
+        out = real(*args, **kwargs)
+        defs_state._current_storage.set(dead)
+        return out
+
+    monkeypatch.setattr(publishing, "publish_finished", leaving_a_dead_storage)
+    ds = AtlasDataset("live", unique_id_field="id")
+    ds.add_data(frame([str(i) for i in range(40)]), embeddings=np.eye(40, 8) + 0.1)
+    atlas_map = ds.create_index(topic_model=False, duplicate_detection=False)
+    assert atlas_map.embeddings.latent.shape == (40, 8)
