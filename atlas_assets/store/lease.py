@@ -111,6 +111,35 @@ def _duration(doc: dict[str, Any], default: float) -> float:
     return value if math.isfinite(value) and value > 0 else default
 
 
+class _Watch:
+    """A waiter's view of a held lease: since when (by this process's clock) its ETag has stayed
+    the same, whose holding it last said it waits for, and its backoff. Writers and
+    :func:`wait_released` judge a lapse the same way through it."""
+
+    def __init__(self) -> None:
+        self.etag, self.since = "", 0.0
+        self.told: str | None = None
+        self.delay = POLL_FIRST
+
+    def lapsed(self, etag: str, duration: float) -> bool:
+        """Whether ``etag`` has stayed the stored one for ``duration`` seconds."""
+        now = time.monotonic()
+        if etag != self.etag:
+            self.etag, self.since = etag, now
+        return now - self.since >= duration
+
+    def first_sight(self, doc: dict[str, Any]) -> bool:
+        """Whether ``doc`` is a holding not seen before (so the wait is logged once each)."""
+        new = doc.get("token") != self.told
+        self.told = doc.get("token")
+        return new
+
+    def sleep(self, duration: float) -> None:
+        """Wait before asking again: doubling up to ``POLL_MAX`` or a quarter of ``duration``."""
+        time.sleep(self.delay)
+        self.delay = max(POLL_FIRST, min(self.delay * 2, POLL_MAX, duration / 4))
+
+
 class _Lease:
     """One lease object of a store, and this process's holding of it (if any)."""
 
@@ -179,7 +208,7 @@ class _Lease:
             "seconds": seconds,
             "renewals": 0,
         }
-        delay, seen, told = POLL_FIRST, ("", 0.0), None
+        watch = _Watch()
         current: tuple[dict[str, Any], str] | None = None  # None: free when last looked
         while True:
             if current is None:
@@ -197,12 +226,9 @@ class _Lease:
             if doc.get("token") == self.doc["token"]:  # our PUT happened, its answer was lost
                 self.etag = etag
                 break
-            now = time.monotonic()
-            if seen[0] != etag:
-                seen = (etag, now)
-            gone = self.doc["file"] is not None and doc.get("file") == self.doc["file"]
-            lapsed = now - seen[1] >= _duration(doc, seconds)
-            if gone or lapsed:
+            duration = _duration(doc, seconds)
+            gone = _left_by_the_gone(doc, flock)
+            if gone or watch.lapsed(etag, duration):
                 try:
                     self._stamp()
                     self.etag = self.put(self.doc, IfMatch=etag)
@@ -214,20 +240,18 @@ class _Lease:
                 why = (
                     "its process on this machine is gone"
                     if gone
-                    else f"it went {_duration(doc, seconds):g} s without renewal"
+                    else f"it went {duration:g} s without renewal"
                 )
                 log.warning("%s: took over the lease of %s: %s", self.where, _holder(doc), why)
                 break
-            if told != doc.get("token"):
-                told = doc.get("token")
+            if watch.first_sight(doc):
                 log.warning(
                     "%s: waiting for %s to finish (taken over if not renewed for %g s)",
                     self.where,
                     _holder(doc),
-                    _duration(doc, seconds),
+                    duration,
                 )
-            time.sleep(delay)
-            delay = max(POLL_FIRST, min(delay * 2, POLL_MAX, _duration(doc, seconds) / 4))
+            watch.sleep(duration)
         self._thread = threading.Thread(
             target=self._renew, name=f"atlas lease {self.where}", daemon=True
         )
@@ -342,19 +366,15 @@ def wait_released(path: Path, *, flock: Path | None = None) -> None:
     shared = _shared(path)
     if shared is None:
         return
-    delay, seen, told = POLL_FIRST, ("", 0.0), None
+    watch, seconds = _Watch(), lease_seconds()
     while (current := shared.get()) is not None and not _left_by_the_gone(current[0], flock):
         doc, etag = current
-        now = time.monotonic()
-        if seen[0] != etag:
-            seen = (etag, now)
-        if now - seen[1] >= _duration(doc, lease_seconds()):
+        duration = _duration(doc, seconds)
+        if watch.lapsed(etag, duration):
             return
-        if told != doc.get("token"):
-            told = doc.get("token")
+        if watch.first_sight(doc):
             log.warning("%s: waiting for %s to finish", shared.where, _holder(doc))
-        time.sleep(delay)
-        delay = max(POLL_FIRST, min(delay * 2, POLL_MAX, _duration(doc, lease_seconds()) / 4))
+        watch.sleep(duration)
 
 
 @contextlib.contextmanager
