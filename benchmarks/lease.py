@@ -52,15 +52,17 @@ def main(argv: list[str] | None = None) -> str:
                 pass
 
         add()  # the dataset exists and every connection is open before timing
-        for _ in range(0, args.n, BLOCK):
-            for kind in ("lease", "flock"):
-                files.lease_path = real if kind == "lease" else (lambda _lock: None)
-                for what, op in (("add_data", add), ("lock", lock_only)):
-                    for _ in range(BLOCK):
-                        start = time.perf_counter()
-                        op()
-                        times[what][kind].append(time.perf_counter() - start)
-        files.lease_path = real
+        try:
+            for _ in range(0, args.n, BLOCK):
+                for kind in ("lease", "flock"):
+                    files.lease_path = real if kind == "lease" else (lambda _lock: None)
+                    for what, op in (("add_data", add), ("lock", lock_only)):
+                        for _ in range(BLOCK):
+                            start = time.perf_counter()
+                            op()
+                            times[what][kind].append(time.perf_counter() - start)
+        finally:
+            files.lease_path = real  # the store as shipped, whatever happened
     med = {w: {k: statistics.median(v) * 1000 for k, v in d.items()} for w, d in times.items()}
     for what, by in med.items():
         print(f"{what:9s} with lease {by['lease']:7.1f} ms   flock only {by['flock']:7.1f} ms")

@@ -586,7 +586,11 @@ class PostgresTables:
         self.where = f"ATLAS_TAGS_URL ({url.replace(PASSWORD, '***')})"
 
     def store(self, kind: str = "") -> BaseTagStore:
-        cls = {"": PostgresTagStore, "next": NextPostgresTagStore}.get(kind, BrokenPostgresTagStore)
+        cls = {
+            "": PostgresTagStore,
+            "next": NextPostgresTagStore,
+            "broken": BrokenPostgresTagStore,
+        }[kind]
         return cls(self.url, self.dataset)
 
     def sql(self, statement: str, params: tuple = ()) -> list[tuple]:

@@ -34,7 +34,7 @@ import json, sys, time
 from pathlib import Path
 from atlas_assets.store import dataset_paths
 from atlas_assets.store.datasets import load_meta, update_meta
-from atlas_assets.store.files import is_locked, locked, wait_unlocked
+from atlas_assets.store.files import locked
 paths, go = dataset_paths("docs"), Path(sys.argv[1])
 print("ready", flush=True)
 while not go.exists():
@@ -53,7 +53,7 @@ for _ in range(3):
 HOLD = """
 import sys, time
 from atlas_assets.store import dataset_paths
-from atlas_assets.store.files import is_locked, locked, wait_unlocked
+from atlas_assets.store.files import locked
 with locked(dataset_paths("docs").build_lock):
     print("held", flush=True)
     time.sleep(float(sys.argv[1]))
