@@ -140,10 +140,13 @@ def _epoch_rows(
     rates,
     epoch,
     seed,
+    widest,
 ):
     """One epoch of the points ``first:last``: each reads ``before`` and writes only its own row
-    of ``after`` and its own edges' schedules, so any split of the rows gives the same result."""
+    of ``after`` and its own edges' schedules, so any split of the rows gives the same result.
+    ``widest`` is the most edges a point has."""
     n = before.shape[0]
+    due_edges = np.empty(widest, np.int64)
     for i in range(first, last):
         if rates[i] == 0.0:  # pinned: a refresh keeps this point where it was
             after[i, 0] = before[i, 0]
@@ -152,10 +155,15 @@ def _epoch_rows(
         step = alpha * rates[i]
         x = before[i, 0]
         y = before[i, 1]
-        negatives = 0
+        # The edges due this epoch, listed without a branch: whether an edge is due follows no
+        # pattern the CPU could predict, and mispredictions took a seventh of the layout's time.
+        due = 0
         for e in range(indptr[i], indptr[i + 1]):
-            if next_sample[e] > epoch:
-                continue
+            due_edges[due] = e
+            due += next_sample[e] <= epoch
+        negatives = 0
+        for q in range(due):
+            e = due_edges[q]
             j = neighbours[e]
             dx = x - before[j, 0]
             dy = y - before[j, 1]
@@ -232,6 +240,7 @@ def optimize_layout(
     after = before.copy()
     indptr = csr.indptr.astype(np.int64)
     neighbours = csr.indices.astype(np.int64)
+    widest = int(np.diff(indptr).max(initial=0))
     args = (
         indptr,
         neighbours,
@@ -259,6 +268,7 @@ def optimize_layout(
             rates,
             epoch,
             seed,
+            widest,
         )
 
     if threads == 1:
