@@ -127,3 +127,14 @@ def test_fuzzy_graph_and_curve_match_umap_learn():
     np.testing.assert_allclose(ours, ours.T)
     np.testing.assert_allclose(curve_params(1.0, 0.1), find_ab_params(1.0, 0.1), rtol=1e-6)
     np.testing.assert_allclose(curve_params(2.0, 0.5), find_ab_params(2.0, 0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "threads"), [(20_000, 2), (5_000, 4), (300, 2), (7, 1), (0, 2)])
+def test_chunks_cover_every_point_once_and_shrink_towards_the_end(n: int, threads: int) -> None:
+    bounds = layout._chunk_bounds(n, threads)
+    sizes = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == n and (sizes > 0).all() == (n > 0)
+    if threads > 1 and n:
+        assert sizes.max() <= max(n // (threads * layout._CHUNKS_PER_THREAD), 1)
+        assert (sizes[:-1] >= sizes[1:]).all()  # largest first: the epoch ends on small ones
+        assert sizes[-1] <= layout._SMALLEST_CHUNK
