@@ -214,6 +214,34 @@ def test_cell_search_finds_nearly_every_neighbour_with_true_distances(monkeypatc
     np.testing.assert_array_equal(again.indices, graph.indices)
 
 
+@pytest.mark.parametrize("n_cols", [3, 78, 500, 8_300])
+def test_top_columns_keeps_each_rows_largest_values(n_cols):
+    """A cell's best columns per row: the largest values, up to ties within the bisection's
+    band; a row with fewer columns than kept is padded with -1; ids are the given columns."""
+    from atlas_assets.lib import knn
+
+    rng = np.random.default_rng(n_cols)
+    width, first = 78, 5
+    sims = rng.normal(size=(40, n_cols)).astype(np.float32)
+    sims[0] = 0.5  # all tied
+    sims[1, : n_cols // 2] = sims[1, n_cols // 2 : 2 * (n_cols // 2)]  # pairs of ties
+    cols = rng.permutation(10 * n_cols)[:n_cols]  # column ids, in no order
+    out = np.full((first + 40, width), -7, np.int64)
+    knn._top_columns(sims, first, cols, out)
+    assert (out[:first] == -7).all()  # rows outside the block untouched
+    position = {c: j for j, c in enumerate(cols)}
+    for r in range(40):
+        row = out[first + r]
+        kept = row[row >= 0]
+        assert len(kept) == min(width, n_cols) and len(set(kept)) == len(kept)
+        assert (row[len(kept) :] == -1).all()
+        values = sims[r, [position[c] for c in kept]]
+        band = 1.01 * (sims[r].max() - sims[r].min()) / 2**knn._BISECTIONS
+        kth = np.sort(sims[r])[::-1][len(kept) - 1]
+        assert values.min() >= kth - band  # nothing kept from below the k-th largest value
+        assert set(cols[sims[r] > kth + band]) <= set(kept)  # nor any larger value dropped
+
+
 def test_cell_search_refinement_finds_what_the_cells_missed(monkeypatch):
     """The neighbour-of-neighbour round only ever improves a row's list, and where neighbours
     straddle cells it finds some that the probed cells missed."""
