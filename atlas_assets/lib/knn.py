@@ -1,9 +1,8 @@
 """The shared k-nearest-neighbour graph, computed once and reused downstream.
 
-Exact by blocked matrix products up to tens of thousands of rows (on CPUs without bfloat16 in
-hardware, 10k; from there to 50k a search of nearby k-means cells by matrix products), HNSW
-(faiss) beyond. Vectors are L2-normalised, so inner product is cosine similarity and distances
-are cosine distances ``1 - cos`` in ``[0, 2]``.
+Exact by blocked matrix products up to 10k rows, from there to 50k a search of nearby k-means
+cells by matrix products, HNSW (faiss) beyond. Vectors are L2-normalised, so inner product is
+cosine similarity and distances are cosine distances ``1 - cos`` in ``[0, 2]``.
 """
 
 from __future__ import annotations
@@ -19,12 +18,11 @@ import scipy.sparse
 
 from atlas_assets.lib.graph import KnnGraph
 
-# Up to this many rows the exact search costs no more than HNSW, whose 15-NN recall is 0.93 to
-# 0.96. With bfloat16 matrix products in hardware (AMX or AVX512-BF16) that holds to the second
-# limit: 20k rows take 0.85 s against HNSW's 2.1 s, 30k 1.8 s against 3.0 s, 50k 6.6 s against
-# 6.7 s; float32 products alone would take 2 s at 20k.
+# Up to this many rows the graph is exact, for well under a second on any CPU (2 AMD EPYC
+# cores: 0.15 s with bfloat16 products, 0.73 s in float32). Beyond, the cell search costs less
+# even against bfloat16 products (20k rows: 0.49 s against 0.55 s, 30k: 0.85 s against 1.19 s)
+# and finds 95 to 96% of the neighbours, as umap-learn's NN-descent does.
 EXACT_SEARCH_LIMIT = 10_000
-EXACT_SEARCH_LIMIT_BF16 = 50_000
 # Similarities in bfloat16 are off by at most 1.5 * 2^-8 (inputs rounded to 8 significant bits,
 # so a unit-vector dot product moves by up to 2^-8, and the result rounded): every row within
 # twice that, 2^_SLACK_EXPONENT, of the k-th largest is re-ranked in float32. That makes the
@@ -41,11 +39,10 @@ _BLOCK_ROWS = 65_536
 # Set to 0 to turn the bfloat16 products off on a CPU that has them (benchmarks measure the
 # CPUs without them this way).
 BF16_ENV = "ATLAS_KNN_BF16"
-# The cell search (``_cell_search``), for CPUs without bfloat16 products from EXACT_SEARCH_LIMIT
-# rows to _ORDER_FROM: k-means cells of about _CELL_ROWS rows; each row names its _PROBE nearest
-# cells, and each cell's rows are compared with every row of the cells its rows name (or whose
-# rows name it); then each row's list is refined once from its first _REFINE neighbours' first
-# _REFINE neighbours.
+# The cell search (``_cell_search``), from EXACT_SEARCH_LIMIT rows to _ORDER_FROM: k-means cells
+# of about _CELL_ROWS rows; each row names its _PROBE nearest cells, and each cell's rows are
+# compared with every row of the cells its rows name (or whose rows name it); then each row's
+# list is refined once from its first _REFINE neighbours' first _REFINE neighbours.
 _CELL_ROWS = 256
 _PROBE = 2
 _REFINE = 10
@@ -92,11 +89,6 @@ def one_blas_thread():
     for each other, so on a busy machine two of them took 5 to 8 s over a 20k-row start that
     one thread did in 0.6 s (a 384 x 384 ``eigh``: 2.0 s against 0.1 s)."""
     return _blas_controller().limit(limits=1, user_api="blas")
-
-
-def default_exact_limit() -> int:
-    """Rows up to which ``knn_graph`` searches exactly on this CPU."""
-    return EXACT_SEARCH_LIMIT_BF16 if native_bf16() else EXACT_SEARCH_LIMIT
 
 
 @numba.njit(inline="always")
@@ -235,9 +227,9 @@ def _exact_search(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Similarities rounded to bfloat16 pick the candidates of each row (see ``_SLACK_EXPONENT``),
     which are then ranked by float32 dot products: the exact graph, unless a crowd of
     near-duplicates fills the candidate list. On a CPU with bfloat16 in hardware the products
-    themselves run in bfloat16 through torch (0.5 s at 20k rows against 2 s in float32), except
-    where that would import torch (2 s) for at most ``EXACT_SEARCH_LIMIT`` rows: there NumPy's
-    float32 products cost less. The choice changes the time, not the graph.
+    themselves run in bfloat16 through torch (10k rows: 0.15 s against 0.73 s in float32),
+    except where that would import torch (2 s) for at most ``EXACT_SEARCH_LIMIT`` rows: there
+    NumPy's float32 products cost less. The choice changes the time, not the graph.
     """
     n = vectors.shape[0]
     m = min(_candidates(k), n)
@@ -417,7 +409,7 @@ def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray
 
 def _cell_searched(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Every row's ``k`` nearest rows (itself included), approximately, by float32 matrix
-    products between nearby k-means cells: the search for CPUs without bfloat16 in hardware.
+    products between nearby k-means cells: the search from 10k rows to 50k.
 
     Cells, products and the rows' choices of cells all use the vectors' top ``_search_dims``
     principal axes. Each row names its ``_PROBE`` nearest centroids, and each cell is compared
@@ -575,24 +567,21 @@ def _search_in_order(
 def knn_graph(vectors: np.ndarray, k: int, *, exact_limit: int | None = None) -> KnnGraph:
     """The ``k``-nearest-neighbour graph of normalised ``vectors``, excluding each row itself.
 
-    Exact up to ``exact_limit`` rows (by default ``default_exact_limit()``: 50k rows where the
-    CPU has bfloat16 in hardware, else 10k). Above, up to 50k rows on a CPU without bfloat16
-    products, the k-means cell search (``_cell_search``: HNSW's recall, about 98% of the
-    neighbours, in a fifth less time); otherwise HNSW (see ``build_index``), from 50k rows
-    visited in an order that keeps its memory reads local.
+    Exact up to ``exact_limit`` rows (default ``EXACT_SEARCH_LIMIT``, 10k). Above, up to 50k
+    rows, the k-means cell search (``_cell_search``: 95 to 96% of the neighbours, as
+    umap-learn's NN-descent finds); from 50k HNSW (see ``build_index``), visited in an order
+    that keeps its memory reads local.
     """
     arr = _as_float32(vectors)
     n = arr.shape[0]
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if exact_limit is None:
-        exact_limit = default_exact_limit()
+        exact_limit = EXACT_SEARCH_LIMIT
     if n <= exact_limit:
         idx, dist = _exact_search(arr, min(k + 1, n))
-    elif n < _ORDER_FROM and not native_bf16():
-        idx, dist = _cell_search(arr, min(k + 1, n))
     elif n < _ORDER_FROM:
-        idx, dist = search(build_index(arr, exact_limit=exact_limit), arr, min(k + 1, n))
+        idx, dist = _cell_search(arr, min(k + 1, n))
     else:
         idx, dist = _hnsw_search_in_order(arr, min(k + 1, n))
     # Drop the row itself wherever it appears (exact duplicates can tie with it), else the last.

@@ -127,16 +127,22 @@ def test_knn_graph_reads_a_read_only_latent_without_warnings():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-def test_knn_graph_hnsw_path_has_high_recall(monkeypatch):
+def test_hnsw_index_past_its_exact_limit_has_high_recall():
+    """``build_index`` (the reader's vector search) is HNSW past ``exact_limit`` rows."""
+    import faiss
+
     from atlas_assets.lib import knn
 
-    monkeypatch.setattr(knn, "native_bf16", lambda: True)  # HNSW, not the cell search
     rng = np.random.default_rng(1)
     vectors = unit(rng, 2000, 16)
     exact = knn_graph(vectors, 10)
-    approx = knn_graph(vectors, 10, exact_limit=100)
+    index = knn.build_index(vectors, exact_limit=100)
+    assert isinstance(index, faiss.IndexHNSWFlat)
+    found, distances = knn.search(index, vectors, 11)
+    sims = np.einsum("nd,nkd->nk", vectors, vectors[found])
+    np.testing.assert_allclose(distances, 1 - sims, atol=1e-5)
     recall = np.mean(
-        [len(set(a) & set(b)) / 10 for a, b in zip(exact.indices, approx.indices, strict=True)]
+        [len(set(a) & set(b[1:])) / 10 for a, b in zip(exact.indices, found, strict=True)]
     )
     assert recall > 0.9
 
@@ -144,7 +150,6 @@ def test_knn_graph_hnsw_path_has_high_recall(monkeypatch):
 def test_knn_graph_in_locality_order_maps_back_to_row_ids(monkeypatch):
     from atlas_assets.lib import knn
 
-    monkeypatch.setattr(knn, "native_bf16", lambda: True)  # HNSW, not the cell search
     monkeypatch.setattr(knn, "_ORDER_FROM", 0)  # built and searched cell by cell, as from 50k
     monkeypatch.setattr(knn, "_BLOCK_ROWS", 300)  # and in several blocks
     rng = np.random.default_rng(2)
@@ -166,7 +171,7 @@ def test_bf16_products_can_be_turned_off(monkeypatch):
     from atlas_assets.lib import knn
 
     monkeypatch.setenv(knn.BF16_ENV, "0")
-    assert not knn.native_bf16() and knn.default_exact_limit() == knn.EXACT_SEARCH_LIMIT
+    assert not knn.native_bf16()
     monkeypatch.setenv(knn.BF16_ENV, "1")
     assert knn.native_bf16() == knn._cpu_has_bf16()
 
@@ -178,14 +183,14 @@ def clustered(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:
 
 
 def test_cell_search_finds_nearly_every_neighbour_with_true_distances(monkeypatch):
-    """Without bfloat16 products, rows past the exact limit are searched by k-means cells: the
-    float64 brute force confirms the distances reported and that nearly all neighbours are
-    found; the graph is the same on one thread or two."""
+    """Rows past the exact limit are searched by k-means cells, with or without bfloat16 in
+    hardware: the float64 brute force confirms the distances reported and that nearly all
+    neighbours are found; the graph is the same on one thread or two."""
     import numba
 
     from atlas_assets.lib import knn
 
-    monkeypatch.setenv(knn.BF16_ENV, "0")
+    monkeypatch.setattr(knn, "native_bf16", lambda: True)  # no other path on such CPUs either
     monkeypatch.setattr(knn, "_CELL_ROWS", 64)  # 46 cells, as 12k rows have
     searched = []
     real = knn._cell_search
