@@ -180,8 +180,8 @@ def _rerank(vectors, candidates, indices, distances):
     products, nearest first; candidates come in id order, so ties go to the lower id.
 
     Every product comes first; only those at or above a bound on the k-th largest
-    (``_kth_bounds``) are then put in order, in id order: the same list as putting all in,
-    for half the time."""
+    (``_kth_bounds``) are then put in order, in id order: the same list as putting all in (the
+    cell search's 78 candidates a row at 20k rows: 33 ms against 43 ms)."""
     k = indices.shape[1]
     for i in numba.prange(vectors.shape[0]):
         nearest = indices[i]

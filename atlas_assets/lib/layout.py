@@ -158,12 +158,12 @@ def _epoch_rows(
         y = before[i, 1]
         # The edges due this epoch, listed without a branch: whether an edge is due follows no
         # pattern the CPU could predict, and mispredictions took a seventh of the layout's time.
-        due = 0
+        sampled = 0
         for e in range(indptr[i], indptr[i + 1]):
-            due_edges[due] = e
-            due += next_sample[e] <= epoch
+            due_edges[sampled] = e
+            sampled += next_sample[e] <= epoch
         negatives = 0
-        for q in range(due):
+        for q in range(sampled):
             e = due_edges[q]
             j = neighbours[e]
             dx = x - before[j, 0]
