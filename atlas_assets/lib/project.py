@@ -6,6 +6,7 @@ import warnings
 
 import numba
 import numpy as np
+import scipy.linalg
 import scipy.sparse
 
 from atlas_assets.lib.graph import KnnGraph
@@ -36,10 +37,16 @@ def _principal_coords(latent: np.ndarray) -> np.ndarray:
     if n > _PCA_SAMPLE:
         rows = latent[np.sort(np.random.default_rng(0).choice(n, _PCA_SAMPLE, replace=False))]
     mean = rows.mean(axis=0, dtype=np.float64)
-    with one_blas_thread():  # small products: see knn.one_blas_thread
-        scatter = (rows.T @ rows).astype(np.float64)
-        _, vectors = np.linalg.eigh(scatter - rows.shape[0] * np.outer(mean, mean))
-    top = vectors[:, ::-1][:, :2]
+    scatter = (rows.T @ rows).astype(np.float64)  # on every BLAS thread: 5 ms less at 8k rows
+    dim = scatter.shape[0]
+    with one_blas_thread():  # LAPACK's many small steps: see knn.one_blas_thread
+        # Only the top two eigenvectors: 4 ms against 12 for all 384.
+        _, vectors = scipy.linalg.eigh(
+            scatter - rows.shape[0] * np.outer(mean, mean),
+            subset_by_index=[max(dim - 2, 0), dim - 1],
+            driver="evr",
+        )
+    top = vectors[:, ::-1]
     top *= np.sign(top[np.abs(top).argmax(axis=0), np.arange(top.shape[1])])
     coords = np.zeros((n, 2))
     axes, offset = top.astype(np.float32), (mean @ top).astype(np.float32)

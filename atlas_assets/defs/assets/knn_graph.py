@@ -10,7 +10,7 @@ MIN_NEIGHBORS = 30
 
 
 @dg.asset(
-    deps=["latent"], kinds={"python", "faiss", "arrow"}, code_version="knn-v4", **ASSET_DEFAULTS
+    deps=["latent"], kinds={"python", "faiss", "arrow"}, code_version="knn-v5", **ASSET_DEFAULTS
 )
 def knn_graph(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
     """The shared k-nearest-neighbour graph of the latent vectors (cosine distance).

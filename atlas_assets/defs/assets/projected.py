@@ -12,7 +12,7 @@ from atlas_assets.store.resources import read_ids, read_knn, read_latent, write_
 @dg.asset(
     deps=["latent", "knn_graph"],
     kinds={"python", "umap", "arrow"},
-    code_version="projected-v6",
+    code_version="projected-v7",
     **ASSET_DEFAULTS,
 )
 def projected(context: dg.AssetExecutionContext, store: AtlasStore) -> dg.MaterializeResult:
