@@ -133,6 +133,50 @@ def _pca_2d(latent: np.ndarray) -> np.ndarray:
     return _principal_coords(latent).astype(np.float32)
 
 
+@numba.njit(parallel=True, cache=True)
+def _smooth(indptr, indices, weights, trivial, coords, steps):
+    """``steps`` steps of subspace iteration on the ``(N, 2)`` ``coords``, in place: each the
+    product with ``(I + W) / 2`` (``W``: the CSR ``indptr, indices, weights``), the unit vector
+    ``trivial`` projected out, and the two columns made orthonormal (Gram-Schmidt).
+
+    The products run in parallel by rows; the sums over rows stay on one thread, so the start
+    does not depend on the number of threads. A third of the time of SciPy's products and
+    NumPy's QR, which each step allocated afresh."""
+    n = coords.shape[0]
+    out = np.empty_like(coords)
+    for _ in range(steps):
+        for i in numba.prange(n):
+            x = coords[i, 0]
+            y = coords[i, 1]
+            for p in range(indptr[i], indptr[i + 1]):
+                x += weights[p] * coords[indices[p], 0]
+                y += weights[p] * coords[indices[p], 1]
+            out[i, 0] = 0.5 * x
+            out[i, 1] = 0.5 * y
+        coords, out = out, coords
+        for c in range(2):
+            along = 0.0
+            for i in range(n):
+                along += trivial[i] * coords[i, c]
+            for i in range(n):
+                coords[i, c] -= along * trivial[i]
+            if c == 1:  # then the second column's part along the first
+                along = 0.0
+                for i in range(n):
+                    along += coords[i, 0] * coords[i, 1]
+                for i in range(n):
+                    coords[i, 1] -= along * coords[i, 0]
+            norm = 0.0
+            for i in range(n):
+                norm += coords[i, c] * coords[i, c]
+            if norm > 0.0:
+                norm = 1.0 / np.sqrt(norm)
+                for i in range(n):
+                    coords[i, c] *= norm
+    if steps % 2 == 1:  # the last step wrote the caller's scratch copy
+        out[:] = coords
+
+
 def _initial_layout(latent: np.ndarray, graph: scipy.sparse.spmatrix, seed: int) -> np.ndarray:
     """A start for the layout: the vectors' first two principal components, smoothed over the graph.
 
@@ -146,16 +190,13 @@ def _initial_layout(latent: np.ndarray, graph: scipy.sparse.spmatrix, seed: int)
     coords = _principal_coords(latent)
 
     # Iterate with (I + D^-1/2 W D^-1/2) / 2, whose top eigenvector sqrt(degree) is projected out.
-    root_degree = np.sqrt(np.maximum(np.asarray(graph.sum(axis=1)).ravel(), 1e-12))
-    scale = scipy.sparse.diags(1.0 / root_degree)
-    step = (scale @ graph @ scale + scipy.sparse.identity(graph.shape[0])).tocsr() * 0.5
+    csr = scipy.sparse.csr_matrix(graph)
+    root_degree = np.sqrt(np.maximum(np.asarray(csr.sum(axis=1)).ravel(), 1e-12))
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    weights = csr.data / (root_degree[rows] * root_degree[csr.indices])
     trivial = root_degree / np.linalg.norm(root_degree)
     coords *= root_degree[:, None]
-    with one_blas_thread():  # (N, 2) blocks: threads would only wait on each other
-        for _ in range(_SMOOTHING_STEPS):
-            coords = step @ coords
-            coords -= np.outer(trivial, trivial @ coords)
-            coords, _ = np.linalg.qr(coords)
+    _smooth(csr.indptr, csr.indices, weights, trivial, coords, _SMOOTHING_STEPS)
     coords /= root_degree[:, None]
 
     coords *= 10.0 / max(float(np.abs(coords).max()), 1e-12)

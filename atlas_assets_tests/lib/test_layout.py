@@ -5,6 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+import scipy.sparse
 from sklearn.manifold import trustworthiness
 
 from atlas_assets.lib import layout
@@ -138,3 +139,42 @@ def test_chunks_cover_every_point_once_and_shrink_towards_the_end(n: int, thread
         assert sizes.max() <= max(n // (threads * layout._CHUNKS_PER_THREAD), 1)
         assert (sizes[:-1] >= sizes[1:]).all()  # largest first: the epoch ends on small ones
         assert sizes[-1] <= layout._SMALLEST_CHUNK
+
+
+@pytest.mark.parametrize("steps", [0, 1, 4])
+def test_smoothing_is_subspace_iteration_on_any_number_of_threads(
+    graph_and_init, steps: int
+) -> None:
+    """``project._smooth`` gives SciPy's products with the trivial vector projected out and
+    NumPy's QR (up to the columns' signs), and the same to the bit on one thread or all."""
+    from atlas_assets.lib.project import _smooth
+
+    graph, init, _, _ = graph_and_init
+    csr = graph.tocsr()
+    root = np.sqrt(np.asarray(csr.sum(axis=1)).ravel())
+    weights = scipy.sparse.diags(1 / root) @ csr @ scipy.sparse.diags(1 / root)
+    step = ((weights + scipy.sparse.identity(csr.shape[0])) * 0.5).tocsr()
+    trivial = root / np.linalg.norm(root)
+    start = np.linalg.qr(init.astype(np.float64))[0]
+    expected = start.copy()
+    for _ in range(steps):
+        expected = step @ expected
+        expected -= np.outer(trivial, trivial @ expected)
+        expected = np.linalg.qr(expected)[0]
+
+    csr_weights = scipy.sparse.csr_matrix(weights)
+    threads = numba.get_num_threads()
+    results = []
+    for count in sorted({1, threads}):
+        numba.set_num_threads(count)
+        try:
+            coords = start.copy()
+            _smooth(
+                csr_weights.indptr, csr_weights.indices, csr_weights.data, trivial, coords, steps
+            )
+        finally:
+            numba.set_num_threads(threads)
+        results.append(coords)
+    np.testing.assert_array_equal(results[0], results[-1])
+    signs = np.sign((results[0] * expected).sum(axis=0))
+    np.testing.assert_allclose(results[0] * signs, expected, atol=1e-9)
