@@ -455,10 +455,7 @@ def _cell_searched(
     centroids = _spherical_kmeans(reduced, cells, seed)
     nearest = np.empty((n, probe), np.int64)
     for start in range(0, n, _BLOCK_ROWS):
-        sims = reduced[start : start + _BLOCK_ROWS] @ centroids.T
-        top = np.argpartition(-sims, probe - 1, axis=1)[:, :probe]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        nearest[start : start + _BLOCK_ROWS] = np.take_along_axis(top, order, axis=1)
+        _best_columns(reduced[start : start + _BLOCK_ROWS] @ centroids.T, nearest[start:])
     # Rows in cell order, so that each cell is a slice of ``ordered``.
     by_cell = np.argsort(nearest[:, 0], kind="stable")
     bounds = np.searchsorted(nearest[by_cell, 0], np.arange(cells + 1))
@@ -477,11 +474,57 @@ def _cell_searched(
     _rerank(ordered, np.sort(ids, axis=1), top_ids, top)  # gives distances: back to similarities
     refined_ids, refined = np.empty_like(top_ids), np.empty_like(top)
     _refine(ordered, top_ids, 1.0 - top, _REFINE, refined_ids, refined)
-    indices = np.empty_like(refined_ids)
-    indices[by_cell] = np.where(refined_ids >= 0, by_cell[refined_ids], -1)  # back to row ids
-    distances = np.empty_like(refined)
-    distances[by_cell] = 1.0 - refined
+    indices, distances = np.empty_like(refined_ids), np.empty_like(refined)
+    _to_rows(by_cell, refined_ids, refined, indices, distances)
     return indices, distances
+
+
+@numba.njit(parallel=True, cache=True)
+def _best_columns(sims, out):
+    """The ``out.shape[1]`` largest columns of each row of ``sims`` into ``out``'s first rows,
+    largest first (ties to the lower column): a tenth of the time of NumPy's argpartition and
+    argsort for a row's two nearest of 78 cells."""
+    width = out.shape[1]
+    for i in numba.prange(sims.shape[0]):
+        best = np.full(width, -np.inf, np.float32)
+        chosen = out[i]
+        chosen[:] = -1
+        for c in range(sims.shape[1]):
+            _insert(best, sims[i, c], chosen, c)
+
+
+@numba.njit(parallel=True, cache=True)
+def _to_rows(by_cell, ids, sims, indices, distances):
+    """The cell search's lists (rows and ids in cell order, similarities) as each row's list of
+    row ids and cosine distances."""
+    for p in numba.prange(ids.shape[0]):
+        row = by_cell[p]
+        for c in range(ids.shape[1]):
+            j = ids[p, c]
+            indices[row, c] = by_cell[j] if j >= 0 else -1
+            distances[row, c] = 1.0 - sims[p, c]
+
+
+@numba.njit(parallel=True, cache=True)
+def _without_self(idx, dist):
+    """Each row's list without the row itself (exact duplicates can tie with it, so wherever it
+    is), or without its last entry where the row is not in it; distances at least 0."""
+    n, width = idx.shape
+    out_idx = np.empty((n, max(width - 1, 0)), np.int64)
+    out_dist = np.empty((n, max(width - 1, 0)), np.float32)
+    for i in numba.prange(n):
+        skip = width - 1
+        for c in range(width):
+            if idx[i, c] == i:
+                skip = c
+                break
+        kept = 0
+        for c in range(width):
+            if c != skip:
+                out_idx[i, kept] = idx[i, c]
+                out_dist[i, kept] = max(dist[i, c], np.float32(0.0))
+                kept += 1
+    return out_idx, out_dist
 
 
 def _search_dims(dim: int) -> int:
@@ -609,13 +652,9 @@ def knn_graph(vectors: np.ndarray, k: int, *, exact_limit: int | None = None) ->
         idx, dist = _cell_search(arr, min(k + 1, n))
     else:
         idx, dist = _hnsw_search_in_order(arr, min(k + 1, n))
-    # Drop the row itself wherever it appears (exact duplicates can tie with it), else the last.
-    is_self = idx == np.arange(n)[:, None]
-    order = np.argsort(is_self, axis=1, kind="stable")[:, : max(idx.shape[1] - 1, 0)]
-    idx = np.take_along_axis(idx, order, axis=1)
-    dist = np.take_along_axis(dist, order, axis=1)
+    idx, dist = _without_self(idx, np.asarray(dist, np.float32))
     if idx.shape[1] < k:  # fewer rows than k + 1: pad so every graph has k columns
         pad = k - idx.shape[1]
         idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
         dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
-    return KnnGraph(indices=idx, distances=np.maximum(dist, 0.0).astype(np.float32))
+    return KnnGraph(indices=idx, distances=dist)

@@ -247,6 +247,32 @@ def test_top_columns_keeps_each_rows_largest_values(n_cols):
         assert set(cols[sims[r] > kth + band]) <= set(kept)  # nor any larger value dropped
 
 
+def test_best_columns_and_dropping_self_keep_numpys_order():
+    """Each row's nearest cells, largest first with ties to the lower column, as a stable
+    argsort gives; and each list without the row itself wherever it is, else without its last
+    entry, distances clipped at 0."""
+    from atlas_assets.lib import knn
+
+    rng = np.random.default_rng(3)
+    sims = rng.normal(size=(300, 78)).astype(np.float32)
+    sims[0] = 1.0  # all tied
+    sims[1, [4, 9]] = 5.0
+    out = np.empty((300, 2), np.int64)
+    knn._best_columns(sims, out)
+    np.testing.assert_array_equal(out, np.argsort(-sims, axis=1, kind="stable")[:, :2])
+
+    n = 50
+    idx = np.array([rng.permutation(np.arange(n))[:6] for _ in range(n)])
+    dist = rng.uniform(-1e-7, 1, size=(n, 6)).astype(np.float32)
+    has_self = (idx == np.arange(n)[:, None]).any(axis=1)
+    kept, kept_dist = knn._without_self(idx, dist)
+    for i in range(n):
+        order = [c for c in range(6) if idx[i, c] != i][:5]
+        np.testing.assert_array_equal(kept[i], idx[i, order])
+        np.testing.assert_array_equal(kept_dist[i], np.maximum(dist[i, order], 0))
+    assert has_self.any() and not has_self.all()  # both cases met
+
+
 def test_cell_search_refinement_finds_what_the_cells_missed(monkeypatch):
     """The neighbour-of-neighbour round only ever improves a row's list, and where neighbours
     straddle cells it finds some that the probed cells missed."""
