@@ -384,38 +384,46 @@ def _search_cells(search, bounds, partner_bounds, partners, ids) -> None:
         list(pool.map(one, range(len(bounds) - 1)))
 
 
+_REFINE_ROWS = 256  # rows per parallel task of _refine, each with its own marks
+
+
 # Reassociation lets the dot products vectorise (the lists start at -inf: no full fastmath).
 @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
 def _refine(vectors, ids, best, width, out_ids, out_best):
     """One round of neighbour-of-neighbour search: each row's list (``ids``, similarities
     ``best``, descending) merged with the first ``width`` neighbours of its first ``width``
     neighbours, into ``out_*``. Reads only the old lists, so the result does not depend on the
-    order rows are done in."""
-    k = ids.shape[1]
-    for i in numba.prange(ids.shape[0]):
-        top = out_best[i]
-        found = out_ids[i]
-        top[:] = best[i]
-        found[:] = ids[i]
-        for a in range(min(width, k)):
-            near = ids[i, a]
-            if near < 0:
-                continue
-            for b in range(min(width, k)):
-                j = ids[near, b]
-                if j < 0:
+    order rows are done in.
+
+    Each candidate is compared once: ``seen`` marks the rows already in the list or already
+    compared (a row reached through two neighbours, or compared and not kept, would not be kept
+    the second time either). 20 ms against 52 for scanning the list for each candidate at 20k
+    rows, with the same lists but for one row, where two similarities tied to the last bit.
+    """
+    n, k = ids.shape
+    for task in numba.prange((n + _REFINE_ROWS - 1) // _REFINE_ROWS):
+        seen = np.full(n, -1, np.int64)  # seen[j] == i: row j is known to row i's search
+        for i in range(task * _REFINE_ROWS, min(n, (task + 1) * _REFINE_ROWS)):
+            top = out_best[i]
+            found = out_ids[i]
+            top[:] = best[i]
+            found[:] = ids[i]
+            for c in range(k):
+                if found[c] >= 0:
+                    seen[found[c]] = i
+            for a in range(min(width, k)):
+                near = ids[i, a]
+                if near < 0:
                     continue
-                seen = False
-                for c in range(k):
-                    if found[c] == j:
-                        seen = True
-                        break
-                if seen:
-                    continue
-                acc = np.float32(0.0)
-                for t in range(vectors.shape[1]):
-                    acc += vectors[i, t] * vectors[j, t]
-                _insert(top, acc, found, j)
+                for b in range(min(width, k)):
+                    j = ids[near, b]
+                    if j < 0 or seen[j] == i:
+                        continue
+                    seen[j] = i
+                    acc = np.float32(0.0)
+                    for t in range(vectors.shape[1]):
+                        acc += vectors[i, t] * vectors[j, t]
+                    _insert(top, acc, found, j)
 
 
 def _cell_search(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
