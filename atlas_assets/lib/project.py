@@ -103,17 +103,73 @@ def _memberships(indices, distances, k):
 
 def fuzzy_graph(indices: np.ndarray, distances: np.ndarray) -> scipy.sparse.csr_matrix:
     """umap-learn's fuzzy simplicial set over a kNN graph whose column 0 is each row itself:
-    directed memberships (``_memberships``), then their fuzzy union ``A + A^T - A * A^T``."""
+    directed memberships (``_memberships``), then their fuzzy union ``A + A^T - A * A^T``
+    (``_fuzzy_union``)."""
     n, k = indices.shape
     vals = _memberships(indices, distances.astype(np.float32), float(k))
-    rows = np.repeat(np.arange(n), k)
-    # A -1 pad has membership 0: pointed at row 0, it adds nothing and is dropped.
-    directed = scipy.sparse.csr_matrix((vals.ravel(), (rows, indices.ravel().clip(0))), (n, n))
-    directed.eliminate_zeros()
-    transpose = directed.T.tocsr()
-    graph = (directed + transpose - directed.multiply(transpose)).tocsr()
-    graph.eliminate_zeros()
-    return graph
+    return scipy.sparse.csr_matrix(_fuzzy_union(indices, vals), shape=(n, n))
+
+
+@numba.njit(cache=True)
+def _fuzzy_union(indices, vals):
+    """``(data, indices, indptr)`` of ``A + A^T - A * A^T`` for the directed graph ``A`` with
+    ``A[i, indices[i, c]] = vals[i, c]`` (entries of 0, such as -1 pads, absent), columns
+    sorted: SciPy's sums and products, to the bit, a fifth of their time."""
+    n, k = indices.shape
+    # A^T as lists of (source, value) per row, sources ascending (the rows are read in order).
+    reverse_ptr = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        for c in range(k):
+            if vals[i, c] > 0.0:
+                reverse_ptr[indices[i, c] + 1] += 1
+    reverse_ptr = np.cumsum(reverse_ptr)
+    sources = np.empty(reverse_ptr[n], np.int64)
+    reverse_vals = np.empty(reverse_ptr[n], np.float32)
+    fill = reverse_ptr[:n].copy()
+    for i in range(n):
+        for c in range(k):
+            if vals[i, c] > 0.0:
+                j = indices[i, c]
+                sources[fill[j]] = i
+                reverse_vals[fill[j]] = vals[i, c]
+                fill[j] += 1
+    indptr = np.zeros(n + 1, np.int64)
+    out_cols = np.empty(2 * reverse_ptr[n], np.int32)
+    out_vals = np.empty(2 * reverse_ptr[n], np.float32)
+    own_cols = np.empty(k, np.int64)
+    own_vals = np.empty(k, np.float32)
+    size = 0
+    for i in range(n):
+        own = 0  # the row's own entries, sorted by column
+        for c in range(k):
+            if vals[i, c] > 0.0:
+                p = own
+                while p > 0 and own_cols[p - 1] > indices[i, c]:
+                    own_cols[p] = own_cols[p - 1]
+                    own_vals[p] = own_vals[p - 1]
+                    p -= 1
+                own_cols[p] = indices[i, c]
+                own_vals[p] = vals[i, c]
+                own += 1
+        a, b, last_b = 0, reverse_ptr[i], reverse_ptr[i + 1]
+        while a < own or b < last_b:  # merge with A^T's row, both sorted by column
+            if b == last_b or (a < own and own_cols[a] < sources[b]):
+                out_cols[size] = own_cols[a]
+                out_vals[size] = own_vals[a]
+                a += 1
+            elif a == own or sources[b] < own_cols[a]:
+                out_cols[size] = sources[b]
+                out_vals[size] = reverse_vals[b]
+                b += 1
+            else:
+                x, y = own_vals[a], reverse_vals[b]
+                out_cols[size] = own_cols[a]
+                out_vals[size] = np.float32(x + y) - np.float32(x * y)
+                a += 1
+                b += 1
+            size += 1
+        indptr[i + 1] = size
+    return out_vals[:size].copy(), out_cols[:size].copy(), indptr
 
 
 def curve_params(spread: float, min_dist: float) -> tuple[float, float]:

@@ -105,7 +105,7 @@ def test_projection_keeps_neighbours() -> None:
 
 def test_fuzzy_graph_and_curve_match_umap_learn():
     """Our compiled-once fuzzy graph and curve fit give umap-learn's, on a graph with exact
-    duplicates (distance 0) and rows whose neighbours all lie at one distance."""
+    duplicates (distance 0), rows whose neighbours all lie at one distance and a padded row."""
     from umap.umap_ import find_ab_params, fuzzy_simplicial_set
 
     from atlas_assets.lib.project import curve_params, fuzzy_graph
@@ -118,6 +118,7 @@ def test_fuzzy_graph_and_curve_match_umap_learn():
     indices = np.hstack([np.arange(n)[:, None], graph.indices])
     distances = np.hstack([np.zeros((n, 1), np.float32), graph.distances])
     distances[5, 1:] = distances[5, 1]  # every neighbour equally far
+    indices[9, -2:], distances[9, -2:] = -1, np.inf  # a short list, padded
     ours = fuzzy_graph(indices, distances).toarray()
     theirs, _, _ = fuzzy_simplicial_set(
         x, 15, 0, "cosine", knn_indices=indices, knn_dists=distances
