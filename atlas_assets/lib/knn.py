@@ -452,7 +452,7 @@ def _cell_searched(
     neighbour-of-neighbour search (``_refine``) finds some of what the cells missed.
 
     On the benchmark's 20k real rows (MiniLM vectors of AG News, arXiv and Reuters) it finds
-    96.1% of the exact 30 neighbours (four seeds: 95.7 to 96.5%) in 0.52 s on two idle AMD EPYC
+    96.1% of the exact 30 neighbours (four seeds: 95.7 to 96.5%) in 0.47 s on two idle AMD EPYC
     cores, where umap-learn's NN-descent finds 96.5% of 15 in 0.52 s. 96 axes instead of 128
     lost 2% of the neighbours.
     """
