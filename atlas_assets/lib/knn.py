@@ -47,7 +47,7 @@ _CELL_ROWS = 256
 _PROBE = 2
 _REFINE = 10
 _AXES_SAMPLE = 8_192  # rows that estimate the principal axes
-_LANES = 16  # float32 values per screening step: one AVX-512 register, or two AVX2 ones
+_LANES = 16  # columns per chunk of _top_columns's first pass
 _BISECTIONS = 12
 
 

@@ -189,6 +189,27 @@ def _pca_2d(latent: np.ndarray) -> np.ndarray:
     return _principal_coords(latent).astype(np.float32)
 
 
+@numba.njit(inline="always")
+def _remove_along(coords, column, direction):
+    """``coords[:, column]`` minus its part along the unit vector ``direction``."""
+    along = 0.0
+    for i in range(coords.shape[0]):
+        along += direction[i] * coords[i, column]
+    for i in range(coords.shape[0]):
+        coords[i, column] -= along * direction[i]
+
+
+@numba.njit(inline="always")
+def _normalise(coords, column):
+    norm = 0.0
+    for i in range(coords.shape[0]):
+        norm += coords[i, column] * coords[i, column]
+    if norm > 0.0:
+        norm = 1.0 / np.sqrt(norm)
+        for i in range(coords.shape[0]):
+            coords[i, column] *= norm
+
+
 @numba.njit(parallel=True, cache=True)
 def _smooth(indptr, indices, weights, trivial, coords, steps):
     """``steps`` steps of subspace iteration on the ``(N, 2)`` ``coords``, in place: each the
@@ -210,25 +231,11 @@ def _smooth(indptr, indices, weights, trivial, coords, steps):
             out[i, 0] = 0.5 * x
             out[i, 1] = 0.5 * y
         coords, out = out, coords
-        for c in range(2):
-            along = 0.0
-            for i in range(n):
-                along += trivial[i] * coords[i, c]
-            for i in range(n):
-                coords[i, c] -= along * trivial[i]
-            if c == 1:  # then the second column's part along the first
-                along = 0.0
-                for i in range(n):
-                    along += coords[i, 0] * coords[i, 1]
-                for i in range(n):
-                    coords[i, 1] -= along * coords[i, 0]
-            norm = 0.0
-            for i in range(n):
-                norm += coords[i, c] * coords[i, c]
-            if norm > 0.0:
-                norm = 1.0 / np.sqrt(norm)
-                for i in range(n):
-                    coords[i, c] *= norm
+        _remove_along(coords, 0, trivial)
+        _normalise(coords, 0)
+        _remove_along(coords, 1, trivial)
+        _remove_along(coords, 1, coords[:, 0])
+        _normalise(coords, 1)
     if steps % 2 == 1:  # the last step wrote the caller's scratch copy
         out[:] = coords
 
